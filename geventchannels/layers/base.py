@@ -1,0 +1,285 @@
+"""What every channel layer shares: the ASGI 1.0 naming rules, capacity lookup,
+message copying and size limits, and local delivery.
+
+Subclasses implement the storage (`_send`, `receive`, groups, flush, statistics);
+`send` here does the checks every backend must do, in one place.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import secrets
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..exceptions import InvalidChannelName, MessageTooLarge
+
+CHANNEL_NAME_RE = re.compile(r"^[a-zA-Z\d\-_.]+((\?|\!)[\d\w\-_.]*)?$")
+GROUP_NAME_RE = re.compile(r"^[a-zA-Z\d\-_.]+$")
+MAX_NAME_LENGTH = 100
+MAX_MESSAGE_SIZE = 1024 * 1024
+
+#: Called with (full channel name, message) for a message to a process-local
+#: channel whose reader lives in this process. Must not block.
+LocalHandler = Callable[[str, dict], None]
+
+
+def non_local_name(name: str) -> str:
+    """The part of a process-local channel name that readers receive on: "a!b" -> "a!"."""
+    bang = name.find("!")
+    return name if bang < 0 else name[: bang + 1]
+
+
+def copy_message(message: dict, limit: int = MAX_MESSAGE_SIZE) -> dict:
+    """Copy a message so later changes by the sender cannot reach the receiver, and
+    check its size on the way (the same walk does both).
+
+    Containers are copied; str, bytes, numbers, bool and None are immutable and
+    shared. The size is an estimate close to the msgpack encoding.
+    """
+    try:
+        return _copy_value(message, [limit])
+    except _OverBudget:
+        raise MessageTooLarge(
+            "message is larger than the layer's limit of %d bytes; send large data "
+            "out of band or raise max_message_size" % limit
+        ) from None
+
+
+class _OverBudget(Exception):
+    pass
+
+
+_SCALARS = (str, bytes, int, float, bool, type(None))
+
+
+def _copy_value(value: Any, budget: list[int]) -> Any:
+    kind = type(value)
+    if kind is str or kind is bytes:
+        budget[0] -= len(value) + 5
+    elif kind is dict:
+        budget[0] -= 5
+        value = {k: _copy_value(v, budget) for k, v in value.items() if _charge_key(k, budget)}
+    elif kind is list or kind is tuple:
+        budget[0] -= 5
+        value = [_copy_value(v, budget) for v in value]
+    elif isinstance(value, _SCALARS):
+        budget[0] -= 9
+    elif isinstance(value, bytearray | memoryview):
+        value = bytes(value)
+        budget[0] -= len(value) + 5
+    elif isinstance(value, dict):
+        return _copy_value(dict(value), budget)
+    elif isinstance(value, list | tuple):
+        return _copy_value(list(value), budget)
+    else:
+        raise TypeError(
+            "channel messages may only contain dict, list, str, bytes, int, float, bool "
+            "and None; got %s" % kind.__name__
+        )
+    if budget[0] < 0:
+        raise _OverBudget
+    return value
+
+
+def _charge_key(key: Any, budget: list[int]) -> bool:
+    if type(key) is not str:
+        raise TypeError("channel message keys must be str, got %s" % type(key).__name__)
+    budget[0] -= len(key) + 2
+    return True
+
+
+class BaseChannelLayer:
+    """Common configuration and checks of an ASGI 1.0 channel layer.
+
+    Configuration (the CONFIG keys of CHANNEL_LAYERS are these keyword arguments):
+
+    - ``expiry``: seconds a message waits in a channel before it is dropped.
+    - ``group_expiry``: seconds a channel stays in a group after its last ``group_add``.
+    - ``capacity``: messages a channel may hold before ``send`` raises ``ChannelFull``.
+    - ``channel_capacity``: per-channel overrides, ``{pattern: capacity}``; a pattern is a
+      glob string (``"http.request"``, ``"websocket.send!*"``) or a compiled regex.
+    - ``local_capacity``: messages a process-local queue (``name!``) may hold; it serves
+      every socket of a process, so it is larger than ``capacity``.
+    - ``max_message_size``: bytes; larger messages raise ``MessageTooLarge``.
+    """
+
+    extensions: list[str] = ["groups", "flush", "statistics"]
+
+    def __init__(
+        self,
+        expiry: float = 60,
+        group_expiry: float = 86400,
+        capacity: int = 100,
+        channel_capacity: dict[Any, int] | None = None,
+        local_capacity: int = 10_000,
+        max_message_size: int = MAX_MESSAGE_SIZE,
+    ):
+        self.expiry = expiry
+        self.group_expiry = group_expiry
+        self.capacity = capacity
+        self.local_capacity = local_capacity
+        self.max_message_size = max_message_size
+        self.channel_capacity = self._compile_capacities(channel_capacity or {})
+        self._capacity_cache: dict[str, int] = {}
+        self._valid_names: set[str] = set()
+        self._local_handlers: dict[str, LocalHandler] = {}
+
+    # -- names -------------------------------------------------------------
+
+    def valid_channel_name(self, name: Any, receive: bool = False) -> bool:
+        """Raise InvalidChannelName unless ``name`` is a channel name one may send to
+        (or, with ``receive=True``, receive on: ``a!`` but never ``a!b``)."""
+        if name in self._valid_names:
+            if receive and "!" in name and not name.endswith("!"):
+                raise InvalidChannelName(
+                    "cannot receive on %r: receive on its process-local prefix %r"
+                    % (name, non_local_name(name))
+                )
+            return True
+        if type(name) is not str:
+            raise InvalidChannelName("channel name must be a str, got %r" % (name,))
+        if len(name) >= MAX_NAME_LENGTH:
+            raise InvalidChannelName(
+                "channel name %r is %d characters; names must be shorter than %d"
+                % (name[:20] + "...", len(name), MAX_NAME_LENGTH)
+            )
+        if not CHANNEL_NAME_RE.match(name):
+            raise InvalidChannelName(
+                "invalid channel name %r: use letters, digits, '-', '_' and '.', with an "
+                "optional '?' or '!' part" % (name,)
+            )
+        if len(self._valid_names) < 100_000:
+            self._valid_names.add(name)
+        return self.valid_channel_name(name, receive)
+
+    def valid_group_name(self, name: Any) -> bool:
+        if type(name) is not str:
+            raise InvalidChannelName("group name must be a str, got %r" % (name,))
+        if len(name) >= MAX_NAME_LENGTH or not GROUP_NAME_RE.match(name):
+            raise InvalidChannelName(
+                "invalid group name %r: use letters, digits, '-', '_' and '.', fewer than "
+                "%d characters" % (name, MAX_NAME_LENGTH)
+            )
+        return True
+
+    def new_channel(self, pattern: str) -> str:
+        """A new unique channel name: ``pattern`` ends with '?' (single reader) or '!'
+        (process-local, received on ``pattern`` itself)."""
+        if not isinstance(pattern, str) or not pattern.endswith(("?", "!")):
+            raise InvalidChannelName(
+                "new_channel() pattern %r must end with '?' or '!'" % (pattern,)
+            )
+        name = pattern + secrets.token_hex(8)
+        self.valid_channel_name(name)
+        return name
+
+    # -- capacity ----------------------------------------------------------
+
+    @staticmethod
+    def _compile_capacities(config: dict[Any, int]) -> list[tuple[re.Pattern, int]]:
+        compiled = []
+        for pattern, value in config.items():
+            if isinstance(pattern, re.Pattern):
+                compiled.append((pattern, int(value)))
+            elif isinstance(pattern, str):
+                compiled.append((re.compile(fnmatch.translate(pattern)), int(value)))
+            else:
+                raise TypeError(
+                    "channel_capacity keys must be glob strings or compiled regexes, got %r"
+                    % (pattern,)
+                )
+        return compiled
+
+    def get_capacity(self, channel: str) -> int:
+        """The capacity of ``channel``: the first matching ``channel_capacity`` pattern,
+        else ``local_capacity`` for process-local queues, else ``capacity``."""
+        try:
+            return self._capacity_cache[channel]
+        except KeyError:
+            pass
+        value = self.local_capacity if channel.endswith("!") else self.capacity
+        for pattern, capacity in self.channel_capacity:
+            if pattern.match(channel):
+                value = capacity
+                break
+        if len(self._capacity_cache) < 100_000:
+            self._capacity_cache[channel] = value
+        return value
+
+    # -- sending -----------------------------------------------------------
+
+    def send(self, channel: str, message: dict) -> None:
+        """Put ``message`` on ``channel``. Never blocks; raises ChannelFull when the
+        channel is at capacity and MessageTooLarge above ``max_message_size``."""
+        if not isinstance(message, dict):
+            raise TypeError("message must be a dict, got %s" % type(message).__name__)
+        self.valid_channel_name(channel)
+        if "!" in channel:
+            handler = self._local_handlers.get(non_local_name(channel))
+            if handler is not None:
+                handler(channel, copy_message(message, self.max_message_size))
+                return
+        self._send(channel, message)
+
+    def _send(self, channel: str, message: dict) -> None:
+        raise NotImplementedError
+
+    # -- local delivery ----------------------------------------------------
+
+    def attach_local(self, prefix: str, handler: LocalHandler) -> None:
+        """Deliver messages for ``prefix`` (a process-local name ending in '!') straight
+        to ``handler`` in this process instead of queueing them.
+
+        The server uses this for its reply channels: a consumer's reply reaches the
+        socket's outbound queue without a trip through the layer's storage.
+        """
+        if not prefix.endswith("!"):
+            raise InvalidChannelName("local prefix %r must end with '!'" % (prefix,))
+        self._local_handlers[prefix] = handler
+
+    def detach_local(self, prefix: str) -> None:
+        self._local_handlers.pop(prefix, None)
+
+    def local_handler_for(self, channel: str) -> LocalHandler | None:
+        if "!" not in channel or not self._local_handlers:
+            return None
+        return self._local_handlers.get(non_local_name(channel))
+
+    # -- the rest of the contract -----------------------------------------
+
+    def receive(
+        self, channels: Iterable[str], block: bool = False, timeout: float | None = None
+    ) -> tuple[str | None, dict | None]:
+        """Return ``(channel, message)`` from the first of ``channels`` with a message,
+        or ``(None, None)``. With ``block=True`` wait up to ``timeout`` seconds
+        (``None``: until a message comes)."""
+        raise NotImplementedError
+
+    def group_add(self, group: str, channel: str) -> None:
+        raise NotImplementedError
+
+    def group_discard(self, group: str, channel: str) -> None:
+        raise NotImplementedError
+
+    def group_channels(self, group: str) -> list[str]:
+        raise NotImplementedError
+
+    def send_group(self, group: str, message: dict) -> None:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        raise NotImplementedError
+
+    def global_statistics(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def channel_statistics(self, channel: str) -> dict[str, float]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections and timers; the layer is not used afterwards."""
+
+    def __repr__(self) -> str:
+        return "<%s>" % type(self).__name__

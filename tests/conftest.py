@@ -1,0 +1,98 @@
+"""Shared fixtures: Django settings, a real redis-server on a free port, free ports.
+
+The suite runs under ``python -m gevent.monkey --module pytest`` (see the Makefile), so
+everything here is already gevent-patched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.project.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 15.0) -> None:
+    """Return once something accepts connections on host:port; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError("nothing listens on %s:%d after %.0f s" % (host, port, timeout))
+            time.sleep(0.05)
+
+
+class RedisServer:
+    """A private redis-server process: its own port, no persistence."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError(
+                "redis-server is not on PATH; install it (apt-get install redis-server) "
+                "or run `make test`, which installs it when run as root"
+            )
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="gc-redis-")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir, "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+
+    @property
+    def url(self) -> str:
+        return "redis://127.0.0.1:%d/0" % self.port
+
+    def flushall(self) -> None:
+        import redis
+
+        redis.Redis(port=self.port).flushall()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A real redis-server started for this test session and stopped after it."""
+    server = RedisServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    """The URL of an empty Redis database."""
+    redis_server.flushall()
+    return redis_server.url
