@@ -24,7 +24,7 @@ system-deps:
 	  fi; }
 
 # Tests run with gevent's monkey patching applied before pytest imports anything.
-test: $(PY) system-deps
+test: install
 	$(PY) -m gevent.monkey --module pytest $(PYTEST_ARGS)
 
 demo: install

@@ -1,0 +1,9 @@
+from geventchannels.routing import route
+
+from chat import consumers
+
+channel_routing = [
+    route("websocket.connect", consumers.join, path=r"^/chat/$"),
+    route("websocket.receive", consumers.say, path=r"^/chat/$"),
+    route("websocket.disconnect", consumers.leave, path=r"^/chat/$"),
+]
