@@ -22,8 +22,10 @@ DEFAULTS: dict[str, Any] = {
     "MAX_CONNECTIONS": 20_000,  # open sockets per process; above it new ones get 503
     # WebSocket
     "WEBSOCKET_HANDSHAKE_TIMEOUT": 5,  # seconds websocket.connect may take to answer (then 403)
-    "WEBSOCKET_MAX_MESSAGE_SIZE": 1024 * 1024,  # bytes; larger incoming messages close with 1009
-    "WEBSOCKET_MAX_FRAME_SIZE": 1024 * 1024,  # bytes; larger incoming frames close with 1009
+    # 1 MB of payload: with its envelope (reply_channel, path, order) a websocket.receive
+    # message then still fits the channel layer's 1 MiB max_message_size.
+    "WEBSOCKET_MAX_MESSAGE_SIZE": 1_000_000,  # bytes; larger incoming messages close with 1009
+    "WEBSOCKET_MAX_FRAME_SIZE": 1_000_000,  # bytes; larger incoming frames close with 1009
     "WEBSOCKET_OUTBOUND_QUEUE": 1024,  # messages waiting for a slow client; when full, close 1008
     "WEBSOCKET_PING_INTERVAL": 20,  # seconds of silence before the server pings; 0 turns it off
     "WEBSOCKET_PING_TIMEOUT": 20,  # seconds to wait for the pong before closing 1011

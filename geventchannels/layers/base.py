@@ -56,14 +56,12 @@ _SCALARS = (str, bytes, int, float, bool, type(None))
 
 def _copy_value(value: Any, budget: list[int]) -> Any:
     kind = type(value)
-    if kind is str or kind is bytes:
-        budget[0] -= len(value) + 5
-    elif kind is dict:
-        budget[0] -= 5
-        value = {k: _copy_value(v, budget) for k, v in value.items() if _charge_key(k, budget)}
+    if kind is dict:
+        value = _copy_dict(value, budget)
     elif kind is list or kind is tuple:
-        budget[0] -= 5
-        value = [_copy_value(v, budget) for v in value]
+        value = _copy_list(value, budget)
+    elif isinstance(value, str | bytes):
+        budget[0] -= len(value) + 5
     elif isinstance(value, _SCALARS):
         budget[0] -= 9
     elif isinstance(value, bytearray | memoryview):
@@ -83,11 +81,47 @@ def _copy_value(value: Any, budget: list[int]) -> Any:
     return value
 
 
-def _charge_key(key: Any, budget: list[int]) -> bool:
-    if type(key) is not str:
-        raise TypeError("channel message keys must be str, got %s" % type(key).__name__)
-    budget[0] -= len(key) + 2
-    return True
+# The two loops below are the send hot path: plain str/bytes/number values are sized
+# inline and only other values pay for a call. The sizes match _copy_value's.
+
+
+def _copy_dict(value: dict, budget: list[int]) -> dict:
+    copied = {}
+    size = 5
+    for key, item in value.items():
+        if type(key) is not str:
+            raise TypeError(f"channel message keys must be str, got {type(key).__name__}")
+        kind = type(item)
+        if kind is str or kind is bytes:
+            size += len(key) + len(item) + 7
+        elif kind is int or kind is bool or kind is float or item is None:
+            size += len(key) + 11
+        else:
+            budget[0] -= size + len(key) + 2
+            size = 0
+            item = _copy_value(item, budget)
+        copied[key] = item
+    budget[0] -= size
+    return copied
+
+
+def _copy_list(value: list | tuple, budget: list[int]) -> list:
+    copied = []
+    append = copied.append
+    size = 5
+    for item in value:
+        kind = type(item)
+        if kind is str or kind is bytes:
+            size += len(item) + 5
+        elif kind is int or kind is bool or kind is float or item is None:
+            size += 9
+        else:
+            budget[0] -= size
+            size = 0
+            item = _copy_value(item, budget)
+        append(item)
+    budget[0] -= size
+    return copied
 
 
 class BaseChannelLayer:

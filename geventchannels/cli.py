@@ -1,0 +1,176 @@
+"""The ``geventchannels`` console command: serve a project's WSGI module without gunicorn.
+
+::
+
+    geventchannels serve proj.wsgi --bind 0.0.0.0:8000
+
+patches gevent first, imports ``proj.wsgi`` (``module:attribute``, default attribute
+``application``), serves HTTP, WebSockets and the consumers in this one process until
+SIGTERM or SIGINT, then stops gracefully (a second signal stops at once). Nothing but the
+standard library is imported before the patch.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def build_parser():
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="geventchannels",
+        description="Serve a Django project with geventchannels: HTTP, WebSockets and "
+        "consumers in one gevent process.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    serve = commands.add_parser(
+        "serve", help="serve a WSGI module until SIGTERM / SIGINT",
+        description="Serve a WSGI module until SIGTERM / SIGINT, then stop gracefully.",
+    )
+    serve.add_argument("wsgi", metavar="MODULE[:ATTRIBUTE]",
+                       help="the project's WSGI module, e.g. proj.wsgi (attribute: application)")
+    serve.add_argument("-b", "--bind", default="127.0.0.1:8000", metavar="ADDRESS",
+                       help="HOST:PORT, PORT or [IPV6]:PORT to listen on (default: %(default)s)")
+    serve.add_argument("--settings", metavar="MODULE",
+                       help="Django settings module (sets DJANGO_SETTINGS_MODULE)")
+    serve.add_argument("--pythonpath", action="append", default=[], metavar="DIR",
+                       help="directory to add to sys.path (repeatable; the current one is)")
+    serve.add_argument("--layer", default="default", metavar="ALIAS",
+                       help="CHANNEL_LAYERS alias to serve (default: %(default)s)")
+    serve.add_argument("--workers-concurrency", type=_positive_int, default=None, metavar="N",
+                       help="consumer greenlets in this process (default: WORKER_CONCURRENCY)")
+    serve.add_argument("--noworker", action="store_false", dest="run_worker",
+                       help="run no consumers here (runworker processes on Redis do)")
+    serve.add_argument("--http-timeout", type=float, default=None, metavar="SECONDS",
+                       help="seconds a routed http.request may wait for its response")
+    serve.add_argument("--websocket-handshake-timeout", type=float, default=None,
+                       metavar="SECONDS", help="seconds websocket.connect may take to answer")
+    serve.add_argument("--graceful-timeout", type=float, default=None, metavar="SECONDS",
+                       help="seconds in-flight requests and consumers get on stop")
+    serve.add_argument("--quiet", action="store_true", help="no access log lines")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .monkey import patch
+
+    patch()
+    options = build_parser().parse_args(argv)
+    try:
+        return serve(options)
+    except UsageError as error:
+        sys.stderr.write(f"geventchannels: error: {error}\n")
+        return 2
+
+
+class UsageError(Exception):
+    """A problem the user fixes on the command line or in settings; shown without traceback."""
+
+
+def load_wsgi(target: str, pythonpath: list[str]):
+    """Import ``module[:attribute]`` with the current directory and ``pythonpath`` on
+    sys.path, and return the WSGI callable."""
+    import importlib
+    import os
+
+    for directory in reversed([os.getcwd(), *pythonpath]):
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
+    module_name, _, attribute = target.partition(":")
+    attribute = attribute or "application"
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        if getattr(error, "name", None) and not module_name.startswith(error.name):
+            raise
+        raise UsageError(
+            f"cannot import WSGI module {module_name!r} ({error}): run from the project directory or pass "
+            "--pythonpath"
+        )
+    application = getattr(module, attribute, None)
+    if not callable(application):
+        raise UsageError(f"{module_name!r} has no WSGI application named {attribute!r}; name it as MODULE:ATTRIBUTE")
+    return application
+
+
+def serve(options) -> int:
+    import os
+
+    if options.settings:
+        os.environ["DJANGO_SETTINGS_MODULE"] = options.settings
+    from .runner import AddressError, Runner, bind, parse_bind, show_server_logs
+
+    try:
+        host, port = parse_bind(options.bind)
+    except AddressError as error:
+        raise UsageError(str(error))
+    application = load_wsgi(options.wsgi, options.pythonpath)
+    import django
+    from django.apps import apps
+    from django.conf import settings
+
+    if not settings.configured:
+        raise UsageError("Django settings are not configured: pass --settings or set "
+                         "DJANGO_SETTINGS_MODULE")
+    if not apps.ready:
+        django.setup(set_prefix=False)
+    if not options.quiet:
+        show_server_logs()
+    try:
+        listener = bind(host, port)
+    except AddressError as error:
+        raise UsageError(str(error))
+    overrides = {
+        "HTTP_TIMEOUT": options.http_timeout,
+        "WEBSOCKET_HANDSHAKE_TIMEOUT": options.websocket_handshake_timeout,
+        "GRACEFUL_TIMEOUT": options.graceful_timeout,
+    }
+    try:
+        runner = Runner(
+            application,
+            listener,
+            overrides={k: v for k, v in overrides.items() if v is not None},
+            run_worker=options.run_worker,
+            worker_concurrency=options.workers_concurrency,
+            layer_alias=options.layer,
+        )
+    except Exception as error:
+        from django.core.exceptions import ImproperlyConfigured
+
+        if isinstance(error, ImproperlyConfigured | ValueError):
+            raise UsageError(str(error))
+        raise
+    from .layers.inmemory import InMemoryChannelLayer
+
+    if not options.run_worker and isinstance(runner.app.layer, InMemoryChannelLayer):
+        raise UsageError(
+            f"--noworker leaves the consumers to `runworker` processes, but channel layer "
+            f"{options.layer!r} is in-memory and cannot be shared with them: configure "
+            "geventchannels.layers.RedisChannelLayer, or drop --noworker"
+        )
+    bound_host, bound_port = runner.address[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    consumers = "consumers run here" if options.run_worker else "no consumers here"
+    print(
+        f"geventchannels serving {options.wsgi} at http://{shown}:{bound_port}/ "
+        f"(pid {os.getpid()}, channel layer {options.layer!r}: "
+        f"{type(runner.app.layer).__name__}, {consumers})",
+        flush=True,
+    )
+    graceful = runner.serve_until_stopped()
+    print("geventchannels stopped%s." % ("" if graceful else " (graceful stop cut short)"),
+          flush=True)
+    return 0 if graceful else 1

@@ -1,0 +1,144 @@
+-- Server side of geventchannels' Redis channel layer: every send is one call of this script,
+-- so the capacity check, the push, the key's expiry and the statistics happen atomically.
+--
+-- A stored message is  struct.pack('>dH', expires_at, #name) .. name .. payload  where name
+-- is the full channel name for process-local channels ("a!x" stored in list "a!") and empty
+-- otherwise.
+--
+-- ARGV[1] selects the operation:
+--   "send"  KEYS: list, channel stats hash, global stats hash (optional)
+--           ARGV: "send", item, capacity, key ttl, now, now second
+--           returns 1 when pushed, 0 when the channel is full
+--   "group" KEYS: group zset, group capacities hash, global stats hash
+--           ARGV: "group", item without name, payload, expires_at, key ttl, now, now second,
+--                 membership cutoff, key prefix, local prefixes to skip...
+--           returns the members that were skipped because this process delivers them itself
+--   "peek"  KEYS: list   ARGV: "peek", now
+--           drops expired messages at the head; returns {length, head message or false}
+
+local op = ARGV[1]
+
+-- Counters: a total, plus this second's and the previous second's counts.
+local function bump(key, what, sec, n)
+  if n == 0 then return end
+  redis.call('HINCRBY', key, what, n)
+  local seen = tonumber(redis.call('HGET', key, what .. ':sec') or '0')
+  if seen == sec then
+    redis.call('HINCRBY', key, what .. ':this', n)
+  else
+    local last = 0
+    if seen == sec - 1 then
+      last = tonumber(redis.call('HGET', key, what .. ':this') or '0')
+    end
+    redis.call('HSET', key, what .. ':sec', sec, what .. ':this', n, what .. ':last', last)
+  end
+end
+
+-- How many more messages the list takes; expired messages at its head are dropped to
+-- make room when it is full.
+local function room(list, capacity, now)
+  local length = redis.call('LLEN', list)
+  while length >= capacity and length > 0 do
+    local head = redis.call('LINDEX', list, 0)
+    local expires_at = struct.unpack('>d', head)
+    if expires_at >= now then
+      break
+    end
+    redis.call('LPOP', list)
+    length = length - 1
+  end
+  return capacity - length
+end
+
+local function push(list, stats, global, item, capacity, ttl, now, sec)
+  if room(list, capacity, now) <= 0 then
+    bump(stats, 'full', sec, 1)
+    redis.call('EXPIRE', stats, ttl)
+    if global then bump(global, 'full', sec, 1) end
+    return 0
+  end
+  redis.call('RPUSH', list, item)
+  redis.call('EXPIRE', list, ttl)
+  bump(stats, 'count', sec, 1)
+  redis.call('EXPIRE', stats, ttl)
+  if global then bump(global, 'count', sec, 1) end
+  return 1
+end
+
+if op == 'send' then
+  return push(KEYS[1], KEYS[2], KEYS[3], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]),
+              tonumber(ARGV[5]), tonumber(ARGV[6]))
+end
+
+if op == 'peek' then
+  room(KEYS[1], 0, tonumber(ARGV[2]))
+  return {redis.call('LLEN', KEYS[1]), redis.call('LINDEX', KEYS[1], 0)}
+end
+
+if op == 'group' then
+  local group, capacities, global = KEYS[1], KEYS[2], KEYS[3]
+  local item, payload, expires_at = ARGV[2], ARGV[3], tonumber(ARGV[4])
+  local ttl, now, sec, cutoff = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+  local prefix = ARGV[9]
+  local skip = {}
+  for i = 10, #ARGV do
+    skip[ARGV[i]] = true
+  end
+
+  local stale = redis.call('ZRANGEBYSCORE', group, '-inf', '(' .. cutoff)
+  for i = 1, #stale, 1000 do
+    redis.call('HDEL', capacities, unpack(stale, i, math.min(i + 999, #stale)))
+  end
+  redis.call('ZREMRANGEBYSCORE', group, '-inf', '(' .. cutoff)
+
+  -- Members are batched per list: the sockets of one process share its "name!" list, and
+  -- one RPUSH of all their copies is far cheaper than one push each.
+  local skipped, batches, lists = {}, {}, {}
+  local members = redis.call('ZRANGE', group, 0, -1)
+  for i = 1, #members, 1000 do
+    local last = math.min(i + 999, #members)
+    local caps = redis.call('HMGET', capacities, unpack(members, i, last))
+    for j = i, last do
+      local member = members[j]
+      local bang = string.find(member, '!', 1, true)
+      local list_name = member
+      local member_item = item
+      if bang then
+        list_name = string.sub(member, 1, bang)
+        member_item = struct.pack('>dH', expires_at, #member) .. member .. payload
+      end
+      if bang and skip[list_name] then
+        skipped[#skipped + 1] = member
+      else
+        local batch = batches[list_name]
+        if not batch then
+          batch = {capacity = tonumber(caps[j - i + 1] or '100') or 100}
+          batches[list_name] = batch
+          lists[#lists + 1] = list_name
+        end
+        batch[#batch + 1] = member_item
+      end
+    end
+  end
+
+  local sent, full = 0, 0
+  for _, list_name in ipairs(lists) do
+    local batch = batches[list_name]
+    local list, stats = prefix .. list_name, prefix .. 'stats:' .. list_name
+    local n = math.max(0, math.min(#batch, room(list, batch.capacity, now)))
+    for i = 1, n, 1000 do
+      redis.call('RPUSH', list, unpack(batch, i, math.min(i + 999, n)))
+    end
+    if n > 0 then redis.call('EXPIRE', list, ttl) end
+    bump(stats, 'count', sec, n)
+    bump(stats, 'full', sec, #batch - n)
+    redis.call('EXPIRE', stats, ttl)
+    sent = sent + n
+    full = full + #batch - n
+  end
+  bump(global, 'count', sec, sent)
+  bump(global, 'full', sec, full)
+  return skipped
+end
+
+return redis.error_reply('unknown operation ' .. tostring(op))

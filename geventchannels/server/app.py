@@ -1,0 +1,209 @@
+"""The server's application object: one per process, shared by all its connections.
+
+It owns the channel layer side of the server: a process-local reply prefix whose
+messages are delivered straight to the connection or parked request they are for, the
+consumer pool (Worker), connection counting, the keepalive sweeper and graceful stop.
+The listener (``ChannelsWSGIServer`` or gunicorn's) feeds it sockets via ``ChannelsHandler``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+from gevent.event import Event
+
+from .config import ServerConfig
+
+logger = logging.getLogger("geventchannels.server")
+
+
+class ChannelsApplication:
+    """Serves a WSGI application (Django's) plus channels: HTTP fast path, routed
+    ``http.request``, WebSockets, and the consumers.
+
+    ``channel_layer_wrapper`` is ``channel_layers[alias]`` (default: the "default" alias).
+    Settings come from GEVENTCHANNELS, with ``overrides`` (``{"HTTP_TIMEOUT": 5}``) or a
+    ready ``config`` winning. With ``run_worker=False`` no consumers run here (another
+    process runs ``runworker``).
+    """
+
+    #: The application started first in this process; handlers of a server that was not
+    #: given one (``server.channels_app``) use it.
+    current: ChannelsApplication | None = None
+
+    def __init__(
+        self,
+        wsgi_app: Callable | None = None,
+        channel_layer_wrapper: Any = None,
+        *,
+        config: ServerConfig | None = None,
+        overrides: dict[str, Any] | None = None,
+        run_worker: bool = True,
+        worker_concurrency: int | None = None,
+    ):
+        if wsgi_app is None:
+            from django.core.wsgi import get_wsgi_application
+
+            wsgi_app = get_wsgi_application()
+        if channel_layer_wrapper is None:
+            from .. import DEFAULT_CHANNEL_LAYER
+            from ..asgi import channel_layers
+
+            channel_layer_wrapper = channel_layers[DEFAULT_CHANNEL_LAYER]
+        self.wsgi_app = wsgi_app
+        self.wrapper = channel_layer_wrapper
+        self.layer = channel_layer_wrapper.channel_layer
+        self.router = channel_layer_wrapper.router
+        self.config = config or ServerConfig.from_settings(overrides)
+        self.run_worker = run_worker
+        self.worker_concurrency = worker_concurrency
+        self.worker = None
+        #: True when some route consumes http.request: only then is a request's message
+        #: built to see whether a route claims it.
+        self.http_routed = "http.request" in self.router.channels
+        self.reply_prefix = f"gc.{secrets.token_hex(6)}!"
+        self._endpoints: dict[str, Any] = {}
+        self._websockets: dict[Any, None] = {}
+        self._ids = itertools.count(1)
+        self.connections = 0
+        self.requests_in_flight = 0
+        self.started = False
+        self.stopping = False
+        self._idle = Event()
+        self._idle.set()
+        self._greenlets: list[gevent.Greenlet] = []
+
+    # -- life cycle --------------------------------------------------------------
+
+    def start(self) -> None:
+        """Attach the reply prefix, start the consumer pool and the keepalive sweeper."""
+        if self.started:
+            return
+        self.started = True
+        self.stopping = False
+        self.layer.attach_local(self.reply_prefix, self._deliver)
+        self._greenlets = [gevent.spawn(self._receive_replies), gevent.spawn(self._sweep)]
+        if self.run_worker:
+            from ..worker import Worker
+
+            self.worker = Worker(self.wrapper, concurrency=self.worker_concurrency)
+            self.worker.start()
+        if ChannelsApplication.current is None:
+            ChannelsApplication.current = self
+
+    def stop(self, grace: float | None = None, close_code: int = 1001) -> None:
+        """Close WebSockets with ``close_code`` (1001 going away, 1012 service restart),
+        wait up to ``grace`` seconds (GRACEFUL_TIMEOUT) for them and in-flight HTTP
+        requests, then stop the consumers. Stopping the listener is the caller's job."""
+        if not self.started:
+            return
+        if grace is None:
+            grace = self.config.graceful_timeout
+        deadline = time.monotonic() + grace
+        self.stopping = True
+        for connection in list(self._websockets):
+            connection.close(close_code)
+        self._idle.wait(max(0.0, deadline - time.monotonic()))
+        for connection in list(self._websockets):
+            connection._drop()
+        if self.worker is not None:
+            self.worker.stop(timeout=max(0.0, deadline - time.monotonic()))
+            self.worker = None
+        self.started = False
+        gevent.killall(self._greenlets, block=True, timeout=1)
+        self._greenlets = []
+        self.layer.detach_local(self.reply_prefix)
+        if ChannelsApplication.current is self:
+            ChannelsApplication.current = None
+
+    # -- connections and requests -------------------------------------------------
+
+    def connection_opened(self) -> bool:
+        """Count a new socket; False when it is over MAX_CONNECTIONS (answer 503)."""
+        self.connections += 1
+        return self.connections <= self.config.max_connections
+
+    def connection_closed(self) -> None:
+        self.connections -= 1
+
+    def request_started(self) -> None:
+        self.requests_in_flight += 1
+        self._idle.clear()
+
+    def request_finished(self) -> None:
+        self.requests_in_flight -= 1
+        self._check_idle()
+
+    def track_websocket(self, connection: Any) -> None:
+        self._websockets[connection] = None
+        self._idle.clear()
+
+    def untrack_websocket(self, connection: Any) -> None:
+        self._websockets.pop(connection, None)
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if not self.requests_in_flight and not self._websockets:
+            self._idle.set()
+
+    @property
+    def websocket_count(self) -> int:
+        return len(self._websockets)
+
+    # -- reply channels -----------------------------------------------------------
+
+    def register_endpoint(self, endpoint: Any, kind: str) -> str:
+        """A new reply channel whose messages go to ``endpoint.deliver(message)``."""
+        name = f"{self.reply_prefix}{kind}{next(self._ids)}"
+        self._endpoints[name] = endpoint
+        return name
+
+    def unregister_endpoint(self, name: str) -> None:
+        self._endpoints.pop(name, None)
+
+    def _deliver(self, channel: str, message: dict) -> None:
+        endpoint = self._endpoints.get(channel)
+        if endpoint is not None:
+            endpoint.deliver(message)
+
+    def _receive_replies(self) -> None:
+        """Replies that came through the layer's storage (sent by another process to
+        this process's prefix) are delivered like local ones."""
+        backoff = 0.1
+        while self.started:
+            try:
+                channel, message = self.layer.receive([self.reply_prefix], block=True, timeout=30)
+                backoff = 0.1
+            except gevent.GreenletExit:
+                raise
+            except Exception as error:
+                logger.warning("receiving replies on %s failed (%s); retrying in %.1f s",
+                               self.reply_prefix, error, backoff)
+                gevent.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if channel is not None:
+                self._deliver(channel, message)
+
+    def _sweep(self) -> None:
+        """One greenlet checks every WebSocket's keepalive and closing deadline, so an
+        idle connection costs no timer of its own."""
+        config = self.config
+        interval = float(config.websocket_ping_interval or 0)
+        timeout = float(config.websocket_ping_timeout or 0) or 20.0
+        tick = min(interval or 1.0, timeout) / 4
+        tick = min(max(tick, 0.05), 1.0)
+        while self.started:
+            gevent.sleep(tick)
+            now = time.monotonic()
+            for connection in list(self._websockets):
+                try:
+                    connection.check_keepalive(now, interval, timeout)
+                except Exception:
+                    logger.exception("keepalive check of %s failed", connection.reply_channel)

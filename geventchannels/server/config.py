@@ -1,0 +1,57 @@
+"""The server's settings, read once when the server is built.
+
+Every limit the connection code checks on its hot path is a plain attribute here, so
+reading one costs an attribute lookup, not a settings lookup.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import conf
+
+
+@dataclass
+class ServerConfig:
+    http_timeout: float = conf.DEFAULTS["HTTP_TIMEOUT"]
+    proxy_headers: bool = conf.DEFAULTS["PROXY_HEADERS"]
+    max_connections: int = conf.DEFAULTS["MAX_CONNECTIONS"]
+    websocket_handshake_timeout: float = conf.DEFAULTS["WEBSOCKET_HANDSHAKE_TIMEOUT"]
+    websocket_max_message_size: int = conf.DEFAULTS["WEBSOCKET_MAX_MESSAGE_SIZE"]
+    websocket_max_frame_size: int = conf.DEFAULTS["WEBSOCKET_MAX_FRAME_SIZE"]
+    websocket_outbound_queue: int = conf.DEFAULTS["WEBSOCKET_OUTBOUND_QUEUE"]
+    websocket_ping_interval: float = conf.DEFAULTS["WEBSOCKET_PING_INTERVAL"]
+    websocket_ping_timeout: float = conf.DEFAULTS["WEBSOCKET_PING_TIMEOUT"]
+    graceful_timeout: float = conf.DEFAULTS["GRACEFUL_TIMEOUT"]
+    #: Django's DATA_UPLOAD_MAX_MEMORY_SIZE: the largest body a routed request may carry.
+    max_body_size: int | None = 2621440
+    #: Django's FORCE_SCRIPT_NAME, sent as ``root_path``.
+    root_path: str = ""
+    #: Django's CHANNELS_WS_PROTOCOLS: subprotocols offered when the consumer names none.
+    ws_protocols: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_settings(cls, overrides: dict[str, Any] | None = None) -> ServerConfig:
+        """Read the GEVENTCHANNELS settings (``overrides`` win, e.g. command-line options;
+        keys are the setting names, upper or lower case) and the Django settings the
+        server honours."""
+        overrides = {k.upper(): v for k, v in (overrides or {}).items()}
+        values: dict[str, Any] = {}
+        for name in cls.__dataclass_fields__:
+            key = name.upper()
+            if key in conf.DEFAULTS:
+                values[name] = conf.get(key, overrides)
+        from django.conf import settings
+
+        if settings.configured:
+            values["max_body_size"] = getattr(settings, "DATA_UPLOAD_MAX_MEMORY_SIZE", 2621440)
+            values["root_path"] = getattr(settings, "FORCE_SCRIPT_NAME", None) or ""
+            values["ws_protocols"] = list(getattr(settings, "CHANNELS_WS_PROTOCOLS", None) or [])
+        unknown = set(overrides) - set(conf.DEFAULTS)
+        if unknown:
+            raise KeyError(
+                f"unknown geventchannels server setting(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(conf.DEFAULTS)}"
+            )
+        return cls(**values)

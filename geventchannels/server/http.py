@@ -1,0 +1,327 @@
+"""HTTP through channels: ASGI 1.0 request messages and the routed-request bridge.
+
+Most requests never come here: the handler sends a request to Django's WSGI handler
+directly (the fast path) unless an ``http.request`` route of the project claims it. A
+claimed request is sent as an ``http.request`` message and its greenlet parks until the
+response arrives on its reply channel, possibly much later (long-poll). A parked request
+costs its greenlet, one timeout and one read watcher that notices the client leaving.
+"""
+
+from __future__ import annotations
+
+import http
+import logging
+import socket
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from gevent import get_hub
+from gevent.event import Event
+
+from ..exceptions import ChannelFull, MessageTooLarge
+
+if TYPE_CHECKING:
+    from .app import ChannelsApplication
+
+logger = logging.getLogger("geventchannels.server")
+
+
+# -- message building (shared with the WebSocket code) -------------------------
+
+
+def split_path(raw_path: str) -> tuple[str, bytes]:
+    """Request target -> (unquoted UTF-8 path, raw query string bytes)."""
+    path, _, query = raw_path.partition("?")
+    return unquote(path, errors="replace"), query.encode("latin-1")
+
+
+def header_list(headers: Any) -> list[list[bytes]]:
+    """pywsgi's parsed headers as ASGI ``[[name_lower_bytes, value_bytes], ...]``,
+    duplicates kept in order."""
+    return [
+        [name.lower().encode("latin-1"), value.encode("latin-1", "replace")]
+        for name, value in headers.items()
+    ]
+
+
+def endpoints(handler: Any, proxy_headers: bool, secure_scheme: str, plain_scheme: str):
+    """(scheme, client [host, port], server [host, port]) of a request; with
+    ``proxy_headers``, X-Forwarded-For / -Port / -Proto from the proxy are believed."""
+    environ = handler.environ or {}
+    scheme = secure_scheme if environ.get("wsgi.url_scheme") == "https" else plain_scheme
+    address = handler.client_address
+    client = [str(address[0]), int(address[1])] if isinstance(address, tuple) else None
+    try:
+        local = handler.socket.getsockname()
+        server = [str(local[0]), int(local[1])] if isinstance(local, tuple) else None
+    except (OSError, AttributeError):
+        server = None
+    if proxy_headers:
+        forwarded_for = handler.headers.get("X-Forwarded-For")
+        if forwarded_for:
+            host = forwarded_for.split(",")[0].strip()
+            port = handler.headers.get("X-Forwarded-Port")
+            try:
+                client = [host, int(port) if port else 0]
+            except ValueError:
+                client = [host, 0]
+        proto = (handler.headers.get("X-Forwarded-Proto") or "").strip().lower()
+        if proto in ("https", "wss"):
+            scheme = secure_scheme
+        elif proto in ("http", "ws"):
+            scheme = plain_scheme
+    return scheme, client, server
+
+
+def request_message(handler: Any, app: ChannelsApplication) -> dict:
+    """The ``http.request`` message of the request ``handler`` has parsed, without
+    ``reply_channel`` and ``body`` (added once a route claims it)."""
+    path, query = split_path(handler.path)
+    scheme, client, server = endpoints(handler, app.config.proxy_headers, "https", "http")
+    version = handler.request_version or "HTTP/1.1"
+    return {
+        "http_version": version[5:] if version.startswith("HTTP/") else version,
+        "method": handler.command,
+        "scheme": scheme,
+        "path": path,
+        "query_string": query,
+        "root_path": app.config.root_path,
+        "headers": header_list(handler.headers),
+        "client": client,
+        "server": server,
+    }
+
+
+# -- the routed request ----------------------------------------------------------
+
+StartResponse = Callable[..., Any]
+
+
+def _status_line(status: int) -> str:
+    try:
+        return f"{status} {http.HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"{status} Unknown"
+
+
+def _plain(start_response: StartResponse, status: int, text: str) -> list[bytes]:
+    body = text.encode()
+    start_response(
+        _status_line(status),
+        [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+    )
+    return [body]
+
+
+class RoutedRequest:
+    """One request answered through the ``http.request`` channel."""
+
+    __slots__ = ("app", "handler", "message", "reply_channel", "replies", "arrived",
+                 "watcher", "client_gone", "finished")
+
+    def __init__(self, app: ChannelsApplication, handler: Any, message: dict):
+        self.app = app
+        self.handler = handler
+        self.message = message
+        self.reply_channel = ""
+        self.replies: deque[dict] = deque()
+        self.arrived = Event()
+        self.watcher = None
+        self.client_gone = False
+        self.finished = False
+
+    # Called by the application's local delivery, in the sender's greenlet.
+    def deliver(self, message: dict) -> None:
+        self.replies.append(message)
+        self.arrived.set()
+
+    def respond(self, start_response: StartResponse) -> Any:
+        """Run the request: read the body, send it, wait for the response. Returns the
+        WSGI result (a list when the response came whole, else an iterable of chunks)."""
+        body = self._read_body()
+        if body is None:
+            limit = self.app.config.max_body_size
+            return _plain(
+                start_response, 413,
+                f"Request body is larger than {limit} bytes (DATA_UPLOAD_MAX_MEMORY_SIZE).\n",
+            )
+        app = self.app
+        self.reply_channel = app.register_endpoint(self, "http")
+        message = self.message
+        message["reply_channel"] = self.reply_channel
+        message["body"] = body
+        try:
+            app.layer.send("http.request", message)
+        except ChannelFull:
+            self._close()
+            return _plain(start_response, 503, "Server busy: the http.request channel is full.\n")
+        except MessageTooLarge:
+            self._close()
+            return _plain(start_response, 413, "Request is too large for the channel layer.\n")
+        except Exception:
+            self._close()
+            raise
+        self.message = None
+        self._watch_client()
+        try:
+            first = self._next_reply(app.config.http_timeout)
+        except BaseException:  # the server is stopping and kills this greenlet
+            self._close()
+            raise
+        if first is None:
+            self._close()
+            if self.client_gone:
+                self._send_disconnect()
+                return _plain(start_response, 503, "The client went away.\n")
+            return _plain(start_response, 503,
+                          f"No response within {app.config.http_timeout} seconds.\n")
+        try:
+            status = int(first.get("status", 200))
+            headers = [
+                (_text(name), _text(value)) for name, value in first.get("headers") or ()
+            ]
+            start_response(_status_line(status), headers)
+        except Exception:
+            self._close()
+            logger.exception("invalid http.response on %s: %r", self.reply_channel,
+                             {k: v for k, v in first.items() if k != "content"})
+            raise
+        content = first.get("content") or b""
+        if not first.get("more_content"):
+            self._close()
+            return [content]
+        return _Streamed(self, self._stream(content))
+
+    def _stream(self, content: bytes) -> Iterator[bytes]:
+        try:
+            yield content
+            while True:
+                chunk = self._next_reply(self.app.config.http_timeout)
+                if chunk is None:
+                    if self.client_gone:
+                        self._send_disconnect()
+                    else:
+                        logger.warning("response on %s stalled for %s seconds; closing it",
+                                       self.reply_channel, self.app.config.http_timeout)
+                        self._abort()
+                    return
+                yield chunk.get("content") or b""
+                if not chunk.get("more_content"):
+                    return
+        except GeneratorExit:
+            if not self.finished:
+                self.client_gone = True
+                self._send_disconnect()
+            raise
+        finally:
+            self._close()
+
+    def _read_body(self) -> bytes | None:
+        """The whole body, or None when it is larger than Django would accept."""
+        limit = self.app.config.max_body_size
+        stream = self.handler.wsgi_input
+        length = self.handler.headers.get("Content-Length")
+        if limit is not None and length and length.strip().isdigit() and int(length) > limit:
+            self.handler.close_connection = True
+            return None
+        if limit is None:
+            return stream.read()
+        body = stream.read(limit + 1)
+        if len(body) > limit:
+            self.handler.close_connection = True
+            return None
+        return body
+
+    def _next_reply(self, timeout: float) -> dict | None:
+        replies = self.replies
+        while not replies:
+            if self.client_gone:
+                return None
+            self.arrived.clear()
+            if not self.arrived.wait(timeout):
+                return None
+        return replies.popleft()
+
+    def _watch_client(self) -> None:
+        """Notice the client closing its socket while the request is parked."""
+        sock = getattr(self.handler.socket, "_sock", None)
+        if sock is None:
+            return
+        try:
+            watcher = get_hub().loop.io(sock.fileno(), 1)
+        except Exception:
+            return
+        self.watcher = watcher
+        watcher.start(self._on_readable, sock)
+
+    def _on_readable(self, sock: socket.socket) -> None:
+        try:
+            gone = sock.recv(1, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            return
+        except OSError:
+            gone = True
+        self._stop_watching()
+        if gone:
+            self.client_gone = True
+            self.arrived.set()
+
+    def _stop_watching(self) -> None:
+        watcher, self.watcher = self.watcher, None
+        if watcher is not None:
+            watcher.stop()
+            watcher.close()
+
+    def _abort(self) -> None:
+        """End the connection without the final chunk, so the client sees the response
+        is incomplete instead of taking the part it got for the whole."""
+        self.handler.close_connection = True
+        try:
+            self.handler.socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _send_disconnect(self) -> None:
+        try:
+            self.app.layer.send(
+                "http.disconnect", {"reply_channel": self.reply_channel,
+                                    "path": self.handler_path()}
+            )
+        except Exception as error:
+            logger.warning("http.disconnect for %s not sent: %s", self.reply_channel, error)
+        self.handler.close_connection = True
+
+    def handler_path(self) -> str:
+        return split_path(self.handler.path or "/")[0]
+
+    def _close(self) -> None:
+        if not self.finished:
+            self.finished = True
+            self._stop_watching()
+            self.app.unregister_endpoint(self.reply_channel)
+
+
+class _Streamed:
+    """The WSGI result of a streamed response; ``close()`` releases the reply channel
+    even when the server never started iterating (the client left first)."""
+
+    __slots__ = ("request", "chunks")
+
+    def __init__(self, request: RoutedRequest, chunks: Iterator[bytes]):
+        self.request = request
+        self.chunks = chunks
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.chunks
+
+    def close(self) -> None:
+        self.chunks.close()
+        self.request._close()
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    return str(value)
