@@ -1,6 +1,5 @@
-from geventchannels.routing import route
-
 from chat import consumers
+from geventchannels.routing import route
 
 channel_routing = [
     route("websocket.connect", consumers.join, path=r"^/chat/$"),
