@@ -13,7 +13,8 @@ $(PY):
 install: $(PY) system-deps
 	$(PY) -m pip install --quiet -e ".[test]"
 
-# redis-server is needed by the Redis layer tests; install it when we are root, else say what to do.
+# redis-server is needed by the Redis layer tests and chromium by the demo's browser test;
+# install them when we are root, else say what to do.
 system-deps:
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
@@ -21,6 +22,13 @@ system-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 	  else \
 	    echo "redis-server is not on PATH: install it (Debian/Ubuntu: sudo apt-get install redis-server)"; exit 1; \
+	  fi; }
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium (needed by the demo's browser test)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "chromium is not on PATH: install it (Debian: sudo apt-get install chromium)"; exit 1; \
 	  fi; }
 
 # Tests run with gevent's monkey patching applied before pytest imports anything.

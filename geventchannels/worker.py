@@ -128,10 +128,13 @@ class Worker:
         gevent.joinall(others, timeout=timeout)
         running = [g for g in others if not g.dead]
         if running:
-            logger.warning(
-                "%d consumers still running after %.1f s; stopping them (their messages "
-                "are lost)", len(running), timeout,
-            )
+            # Idle greenlets may not have seen their stop signal yet; only busy ones lose work.
+            busy = self.concurrency - self._free
+            if busy > 0:
+                logger.warning(
+                    "%d consumers still running after %.1f s; stopping them (their messages "
+                    "are lost)", busy, timeout,
+                )
             gevent.killall(running, block=True, timeout=5)
 
     def run(self) -> None:

@@ -5,9 +5,11 @@ WebSockets are open, several workers sharing Redis, and the in-memory warning.""
 from __future__ import annotations
 
 import signal
+import socket
 import time
 
 import pytest
+import websocket
 
 from .conftest import free_port
 from .runmodes.process import (
@@ -141,3 +143,21 @@ def test_gunicorn_stops_with_a_reason_instead_of_respawning(options, env, messag
         assert server.exit_code(40) != 0
         assert message in server.output
         assert server.output.count("Booting worker") <= 1
+
+
+@pytest.mark.timeout(60)
+def test_websockets_work_over_a_unix_socket_bind(tmp_path):
+    path = tmp_path / "gc.sock"
+    command = gunicorn(0, "-w", "1")
+    command[command.index("-b") + 1] = f"unix:{path}"
+    with ServerProcess(command) as server:
+        server.wait_until(path.exists, what="the unix socket")
+        sock = socket.socket(socket.AF_UNIX)
+        sock.settimeout(10)
+        server.wait_until(lambda: sock.connect_ex(str(path)) == 0, what="a connection")
+        ws = websocket.create_connection("ws://localhost/ws/", socket=sock, timeout=10)
+        try:
+            assert ws_echo(ws, "over unix")["text"] == "over unix"
+        finally:
+            ws.close()
+        assert server.stop() == 0

@@ -266,8 +266,12 @@ class BaseChannelLayer:
         """Deliver messages for ``prefix`` (a process-local name ending in '!') straight
         to ``handler`` in this process instead of queueing them.
 
-        The server uses this for its reply channels: a consumer's reply reaches the
-        socket's outbound queue without a trip through the layer's storage.
+        Every message for ``prefix`` reaches ``handler``: sends made in this process go
+        straight to it, and a layer whose storage other processes share (Redis) drains
+        what they store for ``prefix`` and hands it over too, so the caller never
+        receives on ``prefix`` itself. The server uses this for its reply channels: a
+        consumer's reply reaches the socket's outbound queue without a trip through the
+        layer's storage.
         """
         if not prefix.endswith("!"):
             raise InvalidChannelName("local prefix %r must end with '!'" % (prefix,))

@@ -88,7 +88,7 @@ class ChannelsApplication:
         self.started = True
         self.stopping = False
         self.layer.attach_local(self.reply_prefix, self._deliver)
-        self._greenlets = [gevent.spawn(self._receive_replies), gevent.spawn(self._sweep)]
+        self._greenlets = [gevent.spawn(self._sweep)]
         if self.run_worker:
             from ..worker import Worker
 
@@ -171,25 +171,6 @@ class ChannelsApplication:
         endpoint = self._endpoints.get(channel)
         if endpoint is not None:
             endpoint.deliver(message)
-
-    def _receive_replies(self) -> None:
-        """Replies that came through the layer's storage (sent by another process to
-        this process's prefix) are delivered like local ones."""
-        backoff = 0.1
-        while self.started:
-            try:
-                channel, message = self.layer.receive([self.reply_prefix], block=True, timeout=30)
-                backoff = 0.1
-            except gevent.GreenletExit:
-                raise
-            except Exception as error:
-                logger.warning("receiving replies on %s failed (%s); retrying in %.1f s",
-                               self.reply_prefix, error, backoff)
-                gevent.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            if channel is not None:
-                self._deliver(channel, message)
 
     def _sweep(self) -> None:
         """One greenlet checks every WebSocket's keepalive and closing deadline, so an
