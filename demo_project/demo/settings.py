@@ -1,6 +1,7 @@
 """Settings of the demo chat: in-process channel layer, SQLite, no Redis needed.
 
-Set DEMO_REDIS_URL=redis://127.0.0.1:6379/0 to run it on the Redis layer instead.
+Set DEMO_REDIS_URL=redis://127.0.0.1:6379/0 to run it on the Redis layer instead, and
+DEMO_DB_PATH=/some/file.sqlite3 to keep its database elsewhere (the browser test does).
 """
 
 import os
@@ -36,7 +37,12 @@ TEMPLATES = [
         "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
     }
 ]
-DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": BASE_DIR / "db.sqlite3"}}
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.environ.get("DEMO_DB_PATH") or BASE_DIR / "db.sqlite3",
+    }
+}
 USE_TZ = True
 STATIC_URL = "/static/"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
