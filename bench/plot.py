@@ -32,7 +32,7 @@ def main(summary_path: str, png_path: str) -> None:
         xs = [j + i * width for j, label in enumerate(labels) if label in values]
         ys = [values[label] for label in labels if label in values]
         bars = ax.bar(xs, ys, width, label=system)
-        ax.bar_label(bars, labels=[f"{y:.2g}×" for y in ys], fontsize=7)
+        ax.bar_label(bars, labels=[f"{y:.3g}×" for y in ys], fontsize=7)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_yscale("log")
     ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(labels))])

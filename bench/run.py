@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import shutil
 import signal
@@ -41,6 +42,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="record geventchannels with py-spy during http, ws_echo and broadcast")
     parser.add_argument("--no-docs", action="store_true",
                         help="do not rewrite the results block of docs/benchmarks.md")
+    parser.add_argument("--report-only", action="store_true",
+                        help="measure nothing: redo tables.md, the plot and the docs block from "
+                             "the summary.json already in --out")
     args = parser.parse_args(argv)
     args.workloads = _pick(args.only, names, "workload")
     default_systems = QUICK_SYSTEMS if args.quick else list(systems.SYSTEMS)
@@ -65,6 +69,8 @@ def _stop_on_signal(signum, frame) -> None:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.report_only:
+        return rewrite_report(args)
     signal.signal(signal.SIGTERM, _stop_on_signal)
     scratch = Path(tempfile.mkdtemp(prefix="geventchannels-bench-"))
     keep_logs = True
@@ -134,9 +140,7 @@ def run(args: argparse.Namespace, scratch: Path) -> int:
         return 1
     machine["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     tables = report.write_summary(args.out, documents, machine, stamp, settings, by_name)
-    existing_anchors = environment.ANCHORS_VENV / "bin" / "python"
-    plotter = anchors or (existing_anchors if existing_anchors.exists() else environment.MAIN_PYTHON)
-    plot_error = report.plot(plotter, args.out, BENCH / "plot.py")
+    plot_error = report.plot(_plotter(anchors), args.out, BENCH / "plot.py")
     say("results: {}{}".format(args.out, f" (no plot: {plot_error})" if plot_error else ""))
     if not args.quick and not args.no_docs and args.out == BENCH / "results":
         report.update_docs(environment.ROOT / "docs" / "benchmarks.md", tables)
@@ -146,6 +150,26 @@ def run(args: argparse.Namespace, scratch: Path) -> int:
         say("some runs failed (see the tables and {}): {}".format(logs, ", ".join(failed)))
         return 3
     return 0
+
+
+def rewrite_report(args: argparse.Namespace) -> int:
+    summary = json.loads((args.out / "summary.json").read_text())
+    by_name = {w.name: w for w in WORKLOADS}
+    tables = report.write_tables(args.out, summary["workloads"], summary["machine"],
+                                 summary["timestamp"], summary["settings"], by_name)
+    plot_error = report.plot(_plotter(None), args.out, BENCH / "plot.py")
+    if plot_error:
+        environment.say(f"no plot: {plot_error}")
+    if not args.no_docs and args.out == BENCH / "results" and not summary["settings"].get("quick"):
+        report.update_docs(environment.ROOT / "docs" / "benchmarks.md", tables)
+    print(tables.read_text())
+    return 0
+
+
+def _plotter(anchors: Path | None) -> Path:
+    """matplotlib lives in the anchors' virtualenv; use it when it exists."""
+    existing = environment.ANCHORS_VENV / "bin" / "python"
+    return anchors or (existing if existing.exists() else environment.MAIN_PYTHON)
 
 
 def _project_runner() -> str:

@@ -108,29 +108,51 @@ def write_summary(out: Path, documents: list[dict], machine: dict, stamp: str, s
                   workloads_by_name: dict) -> Path:
     _write_json(out / "summary.json", {"timestamp": stamp, "machine": machine, "settings": settings,
                                        "workloads": documents})
-    parts = [f"Run of {stamp}. {settings_line(settings)}"]
+    return write_tables(out, documents, machine, stamp, settings, workloads_by_name)
+
+
+def write_tables(out: Path, documents: list[dict], machine: dict, stamp: str, settings: dict,
+                 workloads_by_name: dict) -> Path:
+    """tables.md: the machine, the settings and one Markdown table per workload."""
+    parts = [f"Run of {stamp}.\n\n- Machine: {machine_line(machine)}\n"
+             f"- Versions: {versions_line(machine)}\n- {settings_line(settings)}"]
     for document in documents:
         workload = workloads_by_name[document["workload"]]
-        parts.append("### {}\n\n{}\n\n{}".format(document["title"], params_line(document["params"]),
-                                           markdown_table(workload, document["systems"])))
+        table = markdown_table(workload, document["systems"])
+        parts.append(f"### {document['title']}\n\n{params_line(document['params'])}\n\n{table}")
     tables = out / "tables.md"
     tables.write_text("\n\n".join(parts) + "\n")
     return tables
 
 
 def machine_line(machine: dict) -> str:
-    project, anchors = machine.get("project", {}), machine.get("anchors", {})
-    ", ".join("{} {}".format(*item) for item in {**anchors, **project}.items())
-    return "{} cores ({}), {} GB, Linux {}, Python {}, Node {}, {}; load average at start {}; {}".format(
-        machine["cores"], machine["cpu"], machine["memory_gb"], machine["kernel"],
-        machine["python"], machine["node"], machine.get("wrk") or "no wrk",
-        machine.get("loadavg_start"), machine.get("loadavg_end"), )
+    return (f"{machine['cores']} cores ({machine['cpu']}), {machine['memory_gb']} GB, "
+            f"Linux {machine['kernel']}, Python {machine['python']}, Node {machine['node']}, "
+            f"{_short(machine.get('wrk'), 'wrk')}, {_short(machine.get('redis'), 'redis')}; "
+            f"load average (1/5/15 min) {machine.get('loadavg_start')} at start, "
+            f"{machine.get('loadavg_end')} at end")
+
+
+def _short(version_line: str | None, name: str) -> str:
+    """'wrk debian/4.1.0 [epoll] Copyright ...' -> 'wrk debian/4.1.0'; 'Redis server v=7.0.15 ...' -> 'redis 7.0.15'."""
+    if not version_line:
+        return f"no {name}"
+    match = re.search(r"v=(\S+)", version_line)
+    if match:
+        return f"{name} {match.group(1)}"
+    return version_line.split(" [")[0]
+
+
+def versions_line(machine: dict) -> str:
+    project = ", ".join(f"{k} {v}" for k, v in machine.get("project", {}).items())
+    anchors = ", ".join(f"{k} {v}" for k, v in machine.get("anchors", {}).items())
+    return f"project env: {project}" + (f"; anchors env: {anchors}" if anchors else "")
 
 
 def settings_line(settings: dict) -> str:
-    return "Server pinned to CPU {}, load generator to CPU {}; geventchannels served by {}.".format(
-        settings.get("server_cpus") or "any", settings.get("client_cpus") or "any",
-        settings.get("project_runner"))
+    return (f"Server pinned to CPU {settings.get('server_cpus') or 'any'}, load generator to CPU "
+            f"{settings.get('client_cpus') or 'any'}; geventchannels served by "
+            f"{settings.get('project_runner')}; load from {settings.get('loadgen')}.")
 
 
 def plot(python: Path, out: Path, script: Path) -> str | None:
