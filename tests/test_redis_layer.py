@@ -204,16 +204,26 @@ def test_capacity_is_enforced_in_redis_across_layer_instances(redis_url, raw):
     two.close()
 
 
-def test_group_members_sharing_a_process_list_share_its_capacity(redis_url, raw):
+def test_group_members_sharing_a_process_list_take_one_entry_of_its_capacity(redis_url, raw):
+    """The sockets of one process share a list: a group message is ONE fan-out entry
+    there whatever their number, so capacity counts group messages, not sockets."""
     layer = RedisChannelLayer(hosts=[redis_url], local_capacity=3)
     for n in range(5):
         layer.group_add("sockets", f"proc!s{n}")
-    layer.send_group("sockets", {"hi": 1})
+    layer.group_add("sockets", "alone!s0")
+    for n in range(4):
+        layer.send_group("sockets", {"n": n})
     assert raw.llen("asgi:proc!") == 3
     stats = layer.channel_statistics("proc!")
-    assert (stats["messages_count"], stats["channel_full_count"]) == (3, 2)
-    received = {layer.receive(["proc!"])[0] for _ in range(3)}
-    assert len(received) == 3 and received <= {f"proc!s{n}" for n in range(5)}
+    assert (stats["messages_count"], stats["channel_full_count"]) == (15, 5)
+    # receive() hands out one member's message at a time and keeps the rest at the head.
+    received = [layer.receive(["proc!"]) for _ in range(15)]
+    assert received == [(f"proc!s{m}", {"n": n}) for n in range(3) for m in range(5)]
+    assert layer.receive(["proc!"]) == (None, None)
+    # A lone member of a list gets a plain entry.
+    assert [layer.receive(["alone!"]) for _ in range(4)] == [
+        ("alone!s0", {"n": n}) for n in range(3)
+    ] + [(None, None)]
     layer.close()
 
 
@@ -390,6 +400,51 @@ def test_send_group_delivers_to_local_members_directly(redis_url, raw):
         layer.close()
 
 
+def test_a_burst_of_group_messages_to_another_process_loses_nothing(redis_url, raw):
+    """400 sockets of another process, 25 group messages sent while its drain is behind:
+    10 000 deliveries through a list of capacity 1 000. One fan-out entry per message
+    fits; one entry per socket would have overflowed after the third message."""
+    sender = RedisChannelLayer(hosts=[redis_url], local_capacity=1000)
+    other = RedisChannelLayer(hosts=[redis_url], local_capacity=1000)
+    mine, theirs = Queue(), Queue()
+    sender.attach_local("gc.mine!", lambda channel, message: mine.put((channel, message)))
+    try:
+        for n in range(400):
+            other.group_add("crowd", f"gc.theirs!s{n}")
+        for n in range(10):
+            sender.group_add("crowd", f"gc.mine!s{n}")
+        for n in range(25):
+            sender.send_group("crowd", {"n": n})
+        assert raw.llen("asgi:gc.theirs!") == 25
+        other.attach_local("gc.theirs!", lambda channel, message: theirs.put((channel, message)))
+        seen: dict[str, list[int]] = {}
+        for _ in range(400 * 25):
+            channel, message = theirs.get(timeout=5)
+            seen.setdefault(channel, []).append(message["n"])
+        assert seen == {f"gc.theirs!s{n}": list(range(25)) for n in range(400)}
+        assert mine.qsize() == 10 * 25 and theirs.empty()
+        stats = sender.channel_statistics("gc.theirs!")
+        assert (stats["messages_count"], stats["channel_full_count"]) == (10_000, 0)
+    finally:
+        sender.close()
+        other.close()
+
+
+def test_blocking_receivers_share_out_a_fan_out_entry(layer):
+    """Three receivers, one group message for five members of one list: each member's
+    message is received exactly once, the two left over stay first in line."""
+    for n in range(5):
+        layer.group_add("five", f"proc!m{n}")
+    receivers = [gevent.spawn(layer.receive, ["proc!"], block=True, timeout=5) for _ in range(3)]
+    wait_until(lambda: layer._fetchers, message="the receivers to wait")
+    layer.send_group("five", {"hello": 5})
+    layer.send("proc!late", {"after": True})
+    first = [receiver.get(timeout=5) for receiver in receivers]
+    rest = [layer.receive(["proc!"], block=True, timeout=5) for _ in range(3)]
+    assert sorted(first) + rest[:2] == [(f"proc!m{n}", {"hello": 5}) for n in range(5)]
+    assert rest[2] == ("proc!late", {"after": True})
+
+
 # -- blocking receivers --------------------------------------------------------------
 
 
@@ -485,16 +540,17 @@ def _exercise(layer: RedisChannelLayer) -> None:
     assert layer.receive(["c1", "late", "c2"], block=True, timeout=5) == ("late", {"late": True})
     got = Queue()
     layer.attach_local("node!", lambda channel, message: got.put((channel, message)))
-    for member in ("a", "b", "node!x", "other!y"):
+    for member in ("a", "b", "node!x", "node!w", "other!y", "other!z"):
         layer.group_add("g", member)
     layer.send_group("g", {"g": 1})
-    assert [layer.receive(["a"]), layer.receive(["b"]), layer.receive(["other!"])] == [
-        ("a", {"g": 1}),
-        ("b", {"g": 1}),
+    assert [layer.receive(["a"]), layer.receive(["b"])] == [("a", {"g": 1}), ("b", {"g": 1})]
+    assert [layer.receive(["other!"]) for _ in range(3)] == [
         ("other!y", {"g": 1}),
+        ("other!z", {"g": 1}),
+        (None, None),
     ]
-    assert got.get(timeout=2) == ("node!x", {"g": 1})
-    assert layer.global_statistics()["messages_count"] >= 21
+    assert [got.get(timeout=2), got.get(timeout=2)] == [("node!x", {"g": 1}), ("node!w", {"g": 1})]
+    assert layer.global_statistics()["messages_count"] >= 24
     layer.flush()
     assert layer.global_statistics()["messages_pending"] == 0
 

@@ -1,5 +1,6 @@
 """Two real OS processes share one Redis: group messages reach every member in both
-processes exactly once and in order, and point-to-point sends cross between them."""
+processes exactly once and in order (20 sockets of each process share one fan-out entry
+per message), and point-to-point sends cross between them."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 
 MESSAGES = 300
 
-# One peer process: members "<me>!a" and "<me>!b" are process-local (drained via
+# One peer process: members "<me>!s0".."<me>!s19" are process-local (drained via
 # attach_local), "<me>.plain" is an ordinary channel read by a blocking receiver.
 PEER = r"""
 import json, sys
@@ -29,10 +30,11 @@ from gevent.queue import Queue
 from geventchannels.layers import RedisChannelLayer
 
 url, me, other = sys.argv[1:4]
+SOCKETS = 20
 layer = RedisChannelLayer(hosts=[url], capacity=1000)
 inbox = Queue()
 layer.attach_local(me + "!", lambda channel, message: inbox.put((channel, message)))
-members = [me + "!a", me + "!b", me + ".plain"]
+members = [f"{me}!s{n}" for n in range(SOCKETS)] + [me + ".plain"]
 for member in members:
     layer.group_add("room", member)
 
@@ -89,7 +91,7 @@ def test_group_and_direct_messages_cross_two_processes(redis_url):
             for process in peers.values():
                 line = process.stdout.readline()
                 assert line.strip() == "READY", line + process.stderr.read()
-        assert len(layer.group_channels("room")) == 6
+        assert len(layer.group_channels("room")) == 2 * 21
         for n in range(MESSAGES):
             layer.send_group("room", {"n": n})
         layer.send_group("room", {"done": True})

@@ -2,13 +2,17 @@
 
 Everything that must be atomic happens inside Redis (redis_layer.lua beside this file):
 a send checks capacity, pushes and sets the key's expiry in one script call; a group send
-reads the members and pushes to each member with room in one call per shard.
+reads the members and pushes to each member with room in one call per shard. Members that
+share a process-local list (the sockets of one server process) get ONE fan-out entry there
+with their names and the message once, so a burst of group messages cannot overflow it.
+Hot commands go straight over connections of our own (see _Connections).
 
 Receiving blocks inside Redis (BLMPOP). Greenlets that wait on the same channels share one
 fetcher greenlet and one connection; it pops only as many messages as there are waiting
 greenlets, so nothing leaves Redis without a receiver (at-most-once, little loss on a crash).
 A process-local prefix attached with ``attach_local`` gets a drain greenlet that pops its
-list in batches and calls the handler.
+list in batches and calls the handler, once per member of a fan-out entry with one shared
+decoded message.
 
 Layout in Redis (``P`` is ``prefix``): ``P<channel>`` list of messages, ``P stats:<channel>``
 and ``P stats:`` counters, ``P group:<group>`` sorted set of members scored by join time
@@ -40,7 +44,13 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from ..exceptions import ChannelFull, ChannelLayerUnavailable, MessageTooLarge
-from .base import BaseChannelLayer, LocalHandler, copy_message, non_local_name
+from .base import (
+    BaseChannelLayer,
+    LocalHandler,
+    check_message,
+    copy_message,
+    non_local_name,
+)
 
 log = logging.getLogger("geventchannels.layers.redis")
 
@@ -52,6 +62,11 @@ DRAIN_BATCH = 100
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
 
 _HEADER = struct.Struct(">dH")
+#: A name length no channel name has: marks a fan-out entry, whose names follow with their
+#: total length (see redis_layer.lua).
+_FANOUT = 0xFFFF
+_FANOUT_MARK = struct.pack(">H", _FANOUT)
+_NAMES_LENGTH = struct.Struct(">I")
 _SCRIPT = (Path(__file__).with_name("redis_layer.lua")).read_text()
 _UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
@@ -92,6 +107,51 @@ class _Backoff:
         self.delay = BACKOFF_FIRST
 
 
+class _Connections:
+    """Commands sent straight on redis-py connections of our own, skipping the client's
+    per-call pool checkout, health check and instrumentation: a third of the CPU per
+    command under gevent. For the hot path of a plain (non-Sentinel, non-Cluster) Redis."""
+
+    def __init__(self, pool, limit: int | None):
+        self._new = lambda: pool.connection_class(**pool.connection_kwargs)
+        self._idle: list = []
+        self._slots = BoundedSemaphore(limit) if limit else None
+
+    def execute(self, *args):
+        if self._slots is None:
+            return self._execute(args)
+        with self._slots:
+            return self._execute(args)
+
+    def _execute(self, args):
+        reused = bool(self._idle)
+        connection = self._idle.pop() if reused else self._new()
+        try:
+            try:
+                connection.send_command(*args, check_health=False)
+                reply = connection.read_response()
+            except redis.exceptions.ConnectionError:
+                if not reused:
+                    raise
+                # An idle connection Redis dropped (a restart): one retry on a new one.
+                connection.disconnect()
+                connection.send_command(*args, check_health=False)
+                reply = connection.read_response()
+        except redis.exceptions.ResponseError:
+            self._idle.append(connection)
+            raise
+        except BaseException:
+            connection.disconnect()  # in an unknown state: never reuse it
+            raise
+        self._idle.append(connection)
+        return reply
+
+    def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.disconnect()
+
+
 class _Shard:
     """One Redis (a server, a Sentinel-managed master or a whole Cluster): a client for
     quick commands, a client for blocking ones, and a bound on concurrent fetchers."""
@@ -110,11 +170,26 @@ class _Shard:
         self.script = client.register_script(_SCRIPT)
         self.down = False
         self.multi_pop = True
+        #: Fast paths for sends, group sends and pops; None on Sentinel and Cluster shards.
+        self.quick: _Connections | None = None
+        self.slow: _Connections | None = None
+
+    def run_script(self, keys: Sequence[str], args: Sequence) -> Any:
+        """Run redis_layer.lua (loading it first if Redis does not have it yet)."""
+        if self.quick is None:
+            return self.script(keys=keys, args=args)
+        try:
+            return self.quick.execute("EVALSHA", self.script.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            self.quick.execute("SCRIPT", "LOAD", _SCRIPT)
+            return self.quick.execute("EVALSHA", self.script.sha, len(keys), *keys, *args)
 
     def pop_now(self, keys: Sequence[str]) -> tuple[str, list[bytes]] | None:
         """Pop the head of the first non-empty list: (key, [item]) or None."""
         if self.multi_pop:
             try:
+                if self.quick is not None:
+                    return self.quick.execute("LMPOP", len(keys), *keys, "LEFT")
                 return self.client.lmpop(len(keys), *keys, direction="LEFT")
             except redis.exceptions.ResponseError as error:
                 self._no_multi_pop(error)
@@ -129,6 +204,10 @@ class _Shard:
         first non-empty list: (key, [items]) or None."""
         if self.multi_pop:
             try:
+                if self.slow is not None:
+                    return self.slow.execute(
+                        "BLMPOP", timeout, len(keys), *keys, "LEFT", "COUNT", count
+                    )
                 return self.blocking.blmpop(
                     timeout, len(keys), *keys, direction="LEFT", count=count
                 )
@@ -187,6 +266,9 @@ class _Shard:
             log.warning("Redis at %s is reachable again", self.label)
 
     def close(self) -> None:
+        for connections in (self.quick, self.slow):
+            if connections is not None:
+                connections.close()
         for client in (self.client, self.blocking):
             try:
                 client.close()
@@ -274,7 +356,7 @@ class _Fetcher:
         key = key.decode() if isinstance(key, bytes) else key
         list_name = self.list_names[key]
         unclaimed = []
-        for item in items:
+        for item in self.layer._split_entries(list_name, items):
             received = self.layer._decode_item(list_name, item)
             if received is None:
                 continue
@@ -341,6 +423,7 @@ class RedisChannelLayer(BaseChannelLayer):
         self._fetchers: dict[Any, _Fetcher] = {}
         self._drains: dict[str, gevent.Greenlet] = {}
         self._turn = 0
+        self._packer = msgpack.Packer(use_bin_type=True)
 
     # -- connections -------------------------------------------------------
 
@@ -388,7 +471,7 @@ class RedisChannelLayer(BaseChannelLayer):
         identity = "{}:{}/{}".format(
             where.get("path") or where.get("host"), where.get("port", ""), where.get("db", 0)
         )
-        return _Shard(
+        shard = _Shard(
             label,
             identity,
             redis.Redis(connection_pool=quick),
@@ -396,6 +479,9 @@ class RedisChannelLayer(BaseChannelLayer):
             self._max_fetchers,
             cluster=False,
         )
+        shard.quick = _Connections(quick, self._max_connections)
+        shard.slow = _Connections(slow, None)  # bounded by the shard's fetch_slots
+        return shard
 
     def _blocking_kwargs(self) -> dict[str, Any]:
         kwargs = dict(self._connection_kwargs)
@@ -461,10 +547,15 @@ class RedisChannelLayer(BaseChannelLayer):
     def _capacities_key(self, group: str) -> str:
         return self.prefix + "groupcap:" + group
 
-    def _pack(self, message: dict) -> bytes:
+    def _pack(self, message: dict) -> tuple[dict, bytes]:
+        """(a private copy of ``message``, its msgpack encoding)."""
         # copy_message checks value and key types the way every layer does; msgpack alone
         # would accept int keys and sets that the receiving side then rejects.
-        packed = msgpack.packb(copy_message(message, self.max_message_size), use_bin_type=True)
+        copied = copy_message(message, self.max_message_size)
+        return copied, self._encode(copied)
+
+    def _encode(self, message: dict) -> bytes:
+        packed = self._packer.pack(message)
         if len(packed) > self.max_message_size:
             raise MessageTooLarge(
                 f"message is {len(packed)} bytes, larger than the layer's limit of "
@@ -481,33 +572,85 @@ class RedisChannelLayer(BaseChannelLayer):
         name = channel.encode() if "!" in channel else b""
         return _HEADER.pack(expires_at, len(name)) + name + payload
 
-    def _decode_item(self, list_name: str, item: bytes) -> tuple[str, dict] | None:
-        """(channel, message) of a stored item, or None when it expired or is unreadable."""
-        channel = list_name
+    @staticmethod
+    def _open_entry(list_name: str, item: bytes) -> tuple[float, list[str], bytes]:
+        """(expires_at, channels, sealed payload) of a stored entry: one channel for a
+        message, several for a fan-out entry."""
+        expires_at, name_length = _HEADER.unpack_from(item)
+        start = _HEADER.size
+        if name_length == _FANOUT:
+            (names_length,) = _NAMES_LENGTH.unpack_from(item, start)
+            start += _NAMES_LENGTH.size
+            names = item[start : start + names_length].decode().split(",")
+            return expires_at, [list_name + name for name in names], item[start + names_length :]
+        if name_length:
+            channel = item[start : start + name_length].decode()
+            return expires_at, [channel], item[start + name_length :]
+        return expires_at, [list_name], item[start:]
+
+    def _decode_entry(self, list_name: str, item: bytes) -> tuple[list[str], dict] | None:
+        """(channels, message) of a stored entry, or None when it expired or is unreadable."""
         try:
-            expires_at, name_length = _HEADER.unpack_from(item)
+            expires_at, channels, payload = self._open_entry(list_name, item)
             if expires_at < time.time():
                 return None
-            start = _HEADER.size + name_length
-            if name_length:
-                channel = item[_HEADER.size : start].decode()
-            payload = item[start:]
             if self._crypter:
                 payload = self._crypter.decrypt(payload)
-            return channel, msgpack.unpackb(payload, raw=False)
+            return channels, msgpack.unpackb(payload, raw=False)
         except Exception as error:  # one bad message must not stop receiving
             log.error(
                 "dropped an unreadable message on %s: %r (do all processes share the "
                 "same symmetric_encryption_keys and geventchannels version?)",
-                channel,
+                list_name,
                 error,
             )
             return None
 
+    @staticmethod
+    def _fanout_item(
+        list_name: str, channels: list[str], payload: bytes, expires_at: float
+    ) -> bytes:
+        """One stored entry for several members of the list ``list_name`` (as the group
+        operation of redis_layer.lua builds it)."""
+        names = ",".join(channel[len(list_name) :] for channel in channels).encode()
+        return _HEADER.pack(expires_at, _FANOUT) + _NAMES_LENGTH.pack(len(names)) + names + payload
+
+    def _decode_item(self, list_name: str, item: bytes) -> tuple[str, dict] | None:
+        """(channel, message) of a one-channel entry (see _split_entries)."""
+        decoded = self._decode_entry(list_name, item)
+        return None if decoded is None else (decoded[0][0], decoded[1])
+
+    def _split_entries(self, list_name: str, items: list[bytes]) -> list[bytes]:
+        """``items`` with each fan-out entry replaced by one entry per member, for receivers
+        that take one message each (receive() rather than a local handler)."""
+        if not any(item[8:10] == _FANOUT_MARK for item in items):
+            return items
+        split = []
+        for item in items:
+            if item[8:10] != _FANOUT_MARK:
+                split.append(item)
+                continue
+            try:
+                expires_at, channels, payload = self._open_entry(list_name, item)
+            except Exception:
+                split.append(item)  # _decode_entry logs it
+                continue
+            split.extend(self._item(channel, payload, expires_at) for channel in channels)
+        return split
+
     # -- sending -----------------------------------------------------------
 
     def _send(self, channel: str, message: dict) -> None:
-        payload = self._seal(self._pack(message))
+        self._store(channel, self._pack(message)[1])
+
+    def _send_owned(self, channel: str, message: dict, checked: bool) -> None:
+        # Encoding is a copy already: the caller's dict needs no other.
+        if not checked:
+            check_message(message, self.max_message_size)
+        self._store(channel, self._encode(message))
+
+    def _store(self, channel: str, packed: bytes) -> None:
+        payload = self._seal(packed)
         list_name = non_local_name(channel)
         shard = self._shard_for(list_name)
         now = time.time()
@@ -517,7 +660,7 @@ class RedisChannelLayer(BaseChannelLayer):
             keys.append(self.prefix + "stats:")
         args = ["send", item, self.get_capacity(list_name), self._key_ttl, now, int(now)]
         try:
-            pushed = shard.script(keys=keys, args=args)
+            pushed = shard.run_script(keys, args)
             if shard.cluster:
                 self._cluster_global_bump(shard, "count" if pushed else "full")
         except _UNREACHABLE as error:
@@ -622,9 +765,13 @@ class RedisChannelLayer(BaseChannelLayer):
                         break
                     key, items = popped
                     key = key.decode() if isinstance(key, bytes) else key
-                    received = self._decode_item(subset[key], items[0])
-                    if received is not None:
-                        return received
+                    items = self._split_entries(subset[key], items)
+                    for index, item in enumerate(items):
+                        received = self._decode_item(subset[key], item)
+                        if received is not None:
+                            if index + 1 < len(items):
+                                self._push_back(shard, key, items[index + 1 :])
+                            return received
         return None, None
 
     # -- process-local delivery ----------------------------------------------
@@ -655,16 +802,20 @@ class RedisChannelLayer(BaseChannelLayer):
             if not popped:
                 continue
             for item in popped[1]:
-                received = self._decode_item(prefix, item)
+                decoded = self._decode_entry(prefix, item)
                 handler = self._local_handlers.get(prefix)
-                if received is None or handler is None:
+                if decoded is None or handler is None:
                     continue
-                try:
-                    handler(*received)
-                except Exception:
-                    log.exception(
-                        "local handler for %s failed on a message to %s", prefix, received[0]
-                    )
+                channels, message = decoded
+                for channel in channels:  # a fan-out entry's members share one message
+                    try:
+                        handler(channel, message)
+                    except Exception:
+                        log.exception(
+                            "local handler for %s failed on a message to %s", prefix, channel
+                        )
+                if len(channels) > 1:
+                    gevent.sleep(0)  # let the sockets just handed a message write it
 
     # -- groups ------------------------------------------------------------
 
@@ -716,7 +867,7 @@ class RedisChannelLayer(BaseChannelLayer):
         self.valid_group_name(group)
         if not isinstance(message, dict):
             raise TypeError(f"message must be a dict, got {type(message).__name__}")
-        packed = self._pack(message)
+        copied, packed = self._pack(message)
         payload = self._seal(packed)
         now = time.time()
         if len(self.shards) == 1:
@@ -728,21 +879,25 @@ class RedisChannelLayer(BaseChannelLayer):
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
-            for member in outcome:
-                member = member.decode() if isinstance(member, bytes) else member
-                handler = self.local_handler_for(member)
+            for prefix, suffixes in outcome:
+                handler = self._local_handlers.get(prefix)
                 if handler is not None:
-                    handler(member, msgpack.unpackb(packed, raw=False))
+                    for suffix in suffixes:
+                        handler(prefix + suffix, copied)  # read-only, so one copy for all
 
-    def _send_group_on(self, shard: _Shard, group: str, payload: bytes, now: float) -> list:
+    def _send_group_on(
+        self, shard: _Shard, group: str, payload: bytes, now: float
+    ) -> list[tuple[str, list[str]]]:
+        """Send to the group's members on ``shard``; returns the members left to this
+        process's local handlers as (prefix, [parts after the prefix])."""
         expires_at = now + self.expiry
         cutoff = now - self.group_expiry
         try:
             if shard.cluster:
                 return self._cluster_send_group(shard, group, payload, expires_at, now, cutoff)
-            return shard.script(
-                keys=[self._group_key(group), self._capacities_key(group), self.prefix + "stats:"],
-                args=[
+            skipped = shard.run_script(
+                [self._group_key(group), self._capacities_key(group), self.prefix + "stats:"],
+                [
                     "group",
                     _HEADER.pack(expires_at, 0) + payload,
                     payload,
@@ -757,6 +912,10 @@ class RedisChannelLayer(BaseChannelLayer):
             )
         except _UNREACHABLE as error:
             raise shard.unavailable(error) from None
+        return [
+            (skipped[i].decode(), skipped[i + 1].decode().split(","))
+            for i in range(0, len(skipped), 2)
+        ]
 
     def _cluster_send_group(self, shard, group, payload, expires_at, now, cutoff) -> list:
         """In a cluster the members' keys live in other slots than the group, so the members
@@ -766,22 +925,23 @@ class RedisChannelLayer(BaseChannelLayer):
         members = [m.decode() for m in shard.client.zrange(group_key, 0, -1)]
         if not members:
             return []
-        capacities = shard.client.hmget(capacities_key, members)
+        by_list: dict[str, list[str]] = {}
+        for member in members:
+            by_list.setdefault(non_local_name(member), []).append(member)
+        firsts = [channels[0] for channels in by_list.values()]
+        capacities = dict(zip(firsts, shard.client.hmget(capacities_key, firsts), strict=True))
         skipped, by_node = [], {}
-        for member, capacity in zip(members, capacities, strict=True):
-            list_name = non_local_name(member)
+        for list_name, channels in by_list.items():
             if list_name in self._local_handlers:
-                skipped.append(member)
+                skipped.append((list_name, [c[len(list_name) :] for c in channels]))
                 continue
+            if len(channels) > 1:
+                item = self._fanout_item(list_name, channels, payload, expires_at)
+            else:
+                item = self._item(channels[0], payload, expires_at)
             keys = [self._list_key(list_name), self._stats_key(list_name)]
-            args = [
-                "send",
-                self._item(member, payload, expires_at),
-                int(capacity or self.get_capacity(list_name)),
-                self._key_ttl,
-                now,
-                int(now),
-            ]
+            capacity = int(capacities[channels[0]] or self.get_capacity(list_name))
+            args = ["send", item, capacity, self._key_ttl, now, int(now), len(channels)]
             node = shard.client.get_node_from_key(keys[0])
             by_node.setdefault(node.name, (node, []))[1].append((keys, args))
         pushed = 0
@@ -790,10 +950,13 @@ class RedisChannelLayer(BaseChannelLayer):
             for keys, args in calls:
                 shard.script(keys=keys, args=args, client=pipe)
             try:
-                pushed += sum(pipe.execute())
+                replies = pipe.execute()
             except redis.exceptions.ResponseError:
                 # Slots moved under us (resharding): one call at a time through the cluster.
-                pushed += sum(shard.script(keys=keys, args=args) for keys, args in calls)
+                replies = [shard.script(keys=keys, args=args) for keys, args in calls]
+            pushed += sum(
+                args[-1] for (_keys, args), sent in zip(calls, replies, strict=True) if sent
+            )
         if pushed:
             shard.client.hincrby(self.prefix + "stats:", "count", pushed)
         return skipped

@@ -3,16 +3,22 @@
 --
 -- A stored message is  struct.pack('>dH', expires_at, #name) .. name .. payload  where name
 -- is the full channel name for process-local channels ("a!x" stored in list "a!") and empty
--- otherwise.
+-- otherwise. A fan-out entry (a group message for several members of one "a!" list) is
+--   struct.pack('>dHI4', expires_at, 65535, #names) .. names .. payload
+-- where names are the members' parts after "!" joined by "," (names never hold 65535
+-- characters nor ",").
 --
 -- ARGV[1] selects the operation:
 --   "send"  KEYS: list, channel stats hash, global stats hash (optional)
---           ARGV: "send", item, capacity, key ttl, now, now second
+--           ARGV: "send", item, capacity, key ttl, now, now second,
+--                 messages in the item (optional, default 1: more for a fan-out entry)
 --           returns 1 when pushed, 0 when the channel is full
 --   "group" KEYS: group zset, group capacities hash, global stats hash
 --           ARGV: "group", item without name, payload, expires_at, key ttl, now, now second,
 --                 membership cutoff, key prefix, local prefixes to skip...
---           returns the members that were skipped because this process delivers them itself
+--           returns the members that were skipped because this process delivers them itself,
+--           as {list name, their parts after "!" joined by ",", ...};
+--           counters count member messages, capacity counts list entries
 --   "peek"  KEYS: list   ARGV: "peek", now
 --           drops expired messages at the head; returns {length, head message or false}
 
@@ -50,24 +56,24 @@ local function room(list, capacity, now)
   return capacity - length
 end
 
-local function push(list, stats, global, item, capacity, ttl, now, sec)
+local function push(list, stats, global, item, capacity, ttl, now, sec, n)
   if room(list, capacity, now) <= 0 then
-    bump(stats, 'full', sec, 1)
+    bump(stats, 'full', sec, n)
     redis.call('EXPIRE', stats, ttl)
-    if global then bump(global, 'full', sec, 1) end
+    if global then bump(global, 'full', sec, n) end
     return 0
   end
   redis.call('RPUSH', list, item)
   redis.call('EXPIRE', list, ttl)
-  bump(stats, 'count', sec, 1)
+  bump(stats, 'count', sec, n)
   redis.call('EXPIRE', stats, ttl)
-  if global then bump(global, 'count', sec, 1) end
+  if global then bump(global, 'count', sec, n) end
   return 1
 end
 
 if op == 'send' then
   return push(KEYS[1], KEYS[2], KEYS[3], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]),
-              tonumber(ARGV[5]), tonumber(ARGV[6]))
+              tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7] or '1'))
 end
 
 if op == 'peek' then
@@ -91,8 +97,9 @@ if op == 'group' then
   end
   redis.call('ZREMRANGEBYSCORE', group, '-inf', '(' .. cutoff)
 
-  -- Members are batched per list: the sockets of one process share its "name!" list, and
-  -- one RPUSH of all their copies is far cheaper than one push each.
+  -- Members are batched per list. The sockets of one process share its "name!" list: for
+  -- two or more of them ONE fan-out entry carries their names and the payload once, so a
+  -- group message costs that list one slot whatever the number of sockets.
   local skipped, batches, lists = {}, {}, {}
   local members = redis.call('ZRANGE', group, 0, -1)
   for i = 1, #members, 1000 do
@@ -102,39 +109,52 @@ if op == 'group' then
       local member = members[j]
       local bang = string.find(member, '!', 1, true)
       local list_name = member
-      local member_item = item
-      if bang then
-        list_name = string.sub(member, 1, bang)
-        member_item = struct.pack('>dH', expires_at, #member) .. member .. payload
+      if bang then list_name = string.sub(member, 1, bang) end
+      local batch = batches[list_name]
+      if not batch then
+        batch = {local_part = bang, skip = bang and skip[list_name],
+                 capacity = tonumber(caps[j - i + 1] or '100') or 100}
+        batches[list_name] = batch
+        lists[#lists + 1] = list_name
       end
-      if bang and skip[list_name] then
-        skipped[#skipped + 1] = member
-      else
-        local batch = batches[list_name]
-        if not batch then
-          batch = {capacity = tonumber(caps[j - i + 1] or '100') or 100}
-          batches[list_name] = batch
-          lists[#lists + 1] = list_name
-        end
-        batch[#batch + 1] = member_item
-      end
+      batch[#batch + 1] = member
     end
   end
 
   local sent, full = 0, 0
   for _, list_name in ipairs(lists) do
     local batch = batches[list_name]
-    local list, stats = prefix .. list_name, prefix .. 'stats:' .. list_name
-    local n = math.max(0, math.min(#batch, room(list, batch.capacity, now)))
-    for i = 1, n, 1000 do
-      redis.call('RPUSH', list, unpack(batch, i, math.min(i + 999, n)))
+    local names
+    if batch.local_part and (batch.skip or #batch > 1) then
+      local suffixes = {}
+      for k = 1, #batch do
+        suffixes[k] = string.sub(batch[k], batch.local_part + 1)
+      end
+      names = table.concat(suffixes, ',')
     end
-    if n > 0 then redis.call('EXPIRE', list, ttl) end
-    bump(stats, 'count', sec, n)
-    bump(stats, 'full', sec, #batch - n)
-    redis.call('EXPIRE', stats, ttl)
-    sent = sent + n
-    full = full + #batch - n
+    if batch.skip then
+      skipped[#skipped + 1] = list_name
+      skipped[#skipped + 1] = names
+    else
+      local list, stats = prefix .. list_name, prefix .. 'stats:' .. list_name
+      local entry = item
+      if names then
+        entry = struct.pack('>dHI4', expires_at, 65535, #names) .. names .. payload
+      elseif batch.local_part then
+        entry = struct.pack('>dH', expires_at, #batch[1]) .. batch[1] .. payload
+      end
+      local n = 0
+      if room(list, batch.capacity, now) > 0 then
+        redis.call('RPUSH', list, entry)
+        redis.call('EXPIRE', list, ttl)
+        n = #batch
+      end
+      bump(stats, 'count', sec, n)
+      bump(stats, 'full', sec, #batch - n)
+      redis.call('EXPIRE', stats, ttl)
+      sent = sent + n
+      full = full + #batch - n
+    end
   end
   bump(global, 'count', sec, sent)
   bump(global, 'full', sec, full)
