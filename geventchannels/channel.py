@@ -18,7 +18,8 @@ from .layers.base import copy_message
 
 logger = logging.getLogger(__name__)
 
-#: Buffered sends of each greenlet that runs a consumer: greenlet -> [(send, name, content)].
+#: Buffered sends of each greenlet that runs a consumer:
+#: greenlet -> [(layer, channel or group name, content copy, is a group send)].
 #: A dict keyed by greenlet is the cheapest greenlet-local lookup (faster than a greenlet
 #: attribute or gevent's local, measured).
 pending_sends: dict[Any, list] = {}
@@ -41,9 +42,13 @@ def flush_buffered() -> None:
 def send_buffered(buffer: list) -> None:
     """Send the messages of a buffer taken from :data:`pending_sends`; a failed send is logged
     and does not stop the others."""
-    for send, name, content in buffer:
+    for layer, name, content, group in buffer:
         try:
-            send(name, content)
+            if group:
+                layer.send_group(name, content)
+            else:
+                # The buffer's copy was made for this send and nobody else holds it.
+                layer.send_owned(name, content, checked=True)
         except Exception as error:
             logger.error(
                 "message from a consumer to %r was not sent: %s: %s",
@@ -88,7 +93,7 @@ class Channel:
                 layer = self.channel_layer
                 layer.valid_channel_name(self.name)
                 content = copy_message(content, layer.max_message_size)
-                buffer.append((layer.send, self.name, content))
+                buffer.append((layer, self.name, content, False))
                 return
         self.channel_layer.send(self.name, content)
 
@@ -143,7 +148,7 @@ class Group:
                 layer = self.channel_layer
                 layer.valid_group_name(self.name)
                 buffer.append(
-                    (layer.send_group, self.name, copy_message(content, layer.max_message_size))
+                    (layer, self.name, copy_message(content, layer.max_message_size), True)
                 )
                 return
         self.channel_layer.send_group(self.name, content)

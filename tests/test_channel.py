@@ -203,6 +203,23 @@ def test_buffered_sends_wait_for_flush(layer):
     assert receive_now(layer, "test.member") == ("test.member", {"n": 3})
 
 
+def test_a_buffered_reply_to_a_local_socket_is_its_send_time_copy(layer):
+    delivered = []
+    layer.attach_local("test.sockets!", lambda channel, message: delivered.append(message))
+
+    def consumer():
+        start_buffering()
+        content = {"text": "hi", "nested": {"n": 1}}
+        Channel("test.sockets!one").send(content)
+        content["nested"]["n"] = 2
+        flush_buffered()
+        return content
+
+    sent = gevent.spawn(consumer).get(timeout=5)
+    assert delivered == [{"text": "hi", "nested": {"n": 1}}]
+    assert delivered[0] is not sent and delivered[0]["nested"] is not sent["nested"]
+
+
 def test_discarded_sends_are_dropped_and_immediately_bypasses(layer):
     def consumer():
         start_buffering()

@@ -1,9 +1,13 @@
 """The server's limits over real sockets: message and frame size (1009), a client that
-stops reading (outbound queue, 1008), keepalive pings (1011), MAX_CONNECTIONS (503)."""
+stops reading (outbound queue, 1008), keepalive pings (1011), MAX_CONNECTIONS (503), full
+websocket.connect / receive / disconnect channels (wait for room, then 503 / 1013 / one
+counted warning)."""
 
 from __future__ import annotations
 
 import http.client
+import logging
+import re
 import socket
 import struct
 import time
@@ -14,6 +18,7 @@ import websocket
 
 from geventchannels.layers.inmemory import InMemoryChannelLayer
 from geventchannels.routing import route
+from geventchannels.server import websocket as server_websocket
 from tests.livesrv import Recorder, live_server
 
 pytestmark = pytest.mark.timeout(30)
@@ -193,3 +198,60 @@ def connect_without_consumers(server, layer) -> websocket.WebSocket:
     assert channel == "websocket.connect"
     layer.send(message["reply_channel"], {"accept": True})
     return opened.get(timeout=5)
+
+
+def slow_accept(message) -> None:
+    gevent.sleep(0.03)  # a consumer that takes a while, so the connect channel fills up
+    message.reply_channel.send({"accept": True})
+
+
+def test_a_burst_of_handshakes_waits_for_room_in_the_connect_channel():
+    layer = InMemoryChannelLayer(channel_capacity={"websocket.connect": 2})
+    with live_server([route("websocket.connect", slow_accept)], layer=layer,
+                     worker_concurrency=1) as srv:
+        opening = [gevent.spawn(connect, srv, f"/burst/{index}/") for index in range(8)]
+        gevent.joinall(opening, timeout=10, raise_error=True)
+        sockets = [greenlet.value for greenlet in opening]
+        assert all(ws.connected for ws in sockets)
+        assert layer.channel_statistics("websocket.connect")["channel_full_count"] > 0
+        for ws in sockets:
+            ws.close()
+
+
+def test_a_connect_channel_that_stays_full_answers_503_after_the_wait():
+    layer = InMemoryChannelLayer(channel_capacity={"websocket.connect": 1})
+    with live_server([], layer=layer, run_worker=False, WEBSOCKET_HANDSHAKE_TIMEOUT=0.5) as srv:
+        unanswered = gevent.spawn(connect, srv)  # fills the channel: nobody consumes it
+        wait_for_full = time.monotonic() + 5
+        while not layer.channel_statistics("websocket.connect")["messages_pending"]:
+            assert time.monotonic() < wait_for_full
+            gevent.sleep(0.01)
+        started = time.monotonic()
+        with pytest.raises(websocket.WebSocketBadStatusException) as busy:
+            connect(srv)
+        assert busy.value.status_code == 503
+        assert 0.4 < time.monotonic() - started < 3  # waited the handshake timeout, no more
+        with pytest.raises(websocket.WebSocketBadStatusException):
+            unanswered.get(timeout=5)
+
+
+def test_disconnects_that_find_no_room_are_logged_as_one_counted_line(monkeypatch, caplog):
+    monkeypatch.setattr(server_websocket, "DISCONNECT_PATIENCE", 0.1)
+    monkeypatch.setattr(server_websocket, "TALLY_INTERVAL", 0.3)
+    layer = InMemoryChannelLayer(channel_capacity={"websocket.disconnect": 1})
+    caplog.set_level(logging.WARNING, logger="geventchannels.server.websocket")
+    with live_server([], layer=layer, run_worker=False) as srv:
+        sockets = [connect_without_consumers(srv, layer) for _ in range(6)]
+        for ws in sockets:
+            ws.close()
+        deadline = time.monotonic() + 10
+        while True:
+            lines = [r.getMessage() for r in caplog.records
+                     if "websocket.disconnect of" in r.getMessage()]
+            counts = [int(re.search(r"of (\d+) WebSocket", line).group(1)) for line in lines]
+            if sum(counts) >= 5:
+                break
+            assert time.monotonic() < deadline, lines
+            gevent.sleep(0.02)
+        assert sum(counts) == 5  # the first disconnect fitted in the channel
+        assert len(lines) <= 2  # the first at once, the rest counted in one line

@@ -21,7 +21,8 @@ MAX_NAME_LENGTH = 100
 MAX_MESSAGE_SIZE = 1024 * 1024
 
 #: Called with (full channel name, message) for a message to a process-local
-#: channel whose reader lives in this process. Must not block.
+#: channel whose reader lives in this process. Must not block, and must not change the
+#: message: it may be shared (see ``BaseChannelLayer.attach_local``).
 LocalHandler = Callable[[str, dict], None]
 
 
@@ -45,6 +46,58 @@ def copy_message(message: dict, limit: int = MAX_MESSAGE_SIZE) -> dict:
             "message is larger than the layer's limit of %d bytes; send large data "
             "out of band or raise max_message_size" % limit
         ) from None
+
+
+def check_message(message: dict, limit: int = MAX_MESSAGE_SIZE) -> None:
+    """Check a message's types and size as copy_message does, without copying it: for
+    messages whose sender hands them over and never touches them again."""
+    if not isinstance(message, dict):
+        raise TypeError("message must be a dict, got %s" % type(message).__name__)
+    if _measure(message) > limit:
+        raise MessageTooLarge(
+            "message is larger than the layer's limit of %d bytes; send large data "
+            "out of band or raise max_message_size" % limit
+        )
+
+
+def _measure(value: Any) -> int:
+    """The size copy_message would count for ``value``; raises TypeError for values a
+    message may not hold, or that a copy would convert (tuple, bytearray, subclasses of
+    dict and list), so that receivers see the same types either way."""
+    kind = type(value)
+    if kind is dict:
+        size = 5
+        for key, item in value.items():
+            if type(key) is not str:
+                raise TypeError(f"channel message keys must be str, got {type(key).__name__}")
+            kind = type(item)
+            if kind is str or kind is bytes:
+                size += len(key) + len(item) + 7
+            elif kind is int or kind is bool or kind is float or item is None:
+                size += len(key) + 11
+            else:
+                size += len(key) + 2 + _measure(item)
+        return size
+    if kind is list:
+        size = 5
+        for item in value:
+            kind = type(item)
+            if kind is str or kind is bytes:
+                size += len(item) + 5
+            elif kind is int or kind is bool or kind is float or item is None:
+                size += 9
+            else:
+                size += _measure(item)
+        return size
+    if isinstance(value, str | bytes):
+        return len(value) + 5
+    if isinstance(value, _SCALARS):
+        return 9
+    raise TypeError(
+        "messages handed over without a copy may only contain dict, list, str, bytes, "
+        "int, float, bool and None; got %s (send it with send() instead)"
+        % kind.__name__
+    )
 
 
 class _OverBudget(Exception):
@@ -257,8 +310,35 @@ class BaseChannelLayer:
                 return
         self._send(channel, message)
 
+    def send_owned(self, channel: str, message: dict, checked: bool = False) -> None:
+        """Like ``send``, for a message its caller built for this send and never reads
+        or changes again (the server's own messages, a consumer's buffered copies): it
+        is not copied, so the receiver may get that very dict.
+
+        The channel name is checked as ``send`` does; the message's types and size
+        too, unless ``checked`` says it came from ``copy_message`` with this layer's
+        ``max_message_size``. Anyone else should use ``send``.
+        """
+        self.valid_channel_name(channel)
+        if "!" in channel:
+            handler = self._local_handlers.get(non_local_name(channel))
+            if handler is not None:
+                if not checked:
+                    check_message(message, self.max_message_size)
+                handler(channel, message)
+                return
+        self._send_owned(channel, message, checked)
+
     def _send(self, channel: str, message: dict) -> None:
         raise NotImplementedError
+
+    def _send_owned(self, channel: str, message: dict, checked: bool) -> None:
+        """Store a message for ``send_owned``. This default checks it, then stores it as
+        ``send`` does, right for a layer that serialises messages anyway; a layer that
+        keeps the dict itself overrides it to skip the copy."""
+        if not checked:
+            check_message(message, self.max_message_size)
+        self._send(channel, message)
 
     # -- local delivery ----------------------------------------------------
 
@@ -272,6 +352,10 @@ class BaseChannelLayer:
         receives on ``prefix`` itself. The server uses this for its reply channels: a
         consumer's reply reaches the socket's outbound queue without a trip through the
         layer's storage.
+
+        ``handler`` must treat the message as read-only (it may keep it): one dict is
+        shared by every local member of a group send, and ``send_owned`` passes the
+        caller's own dict. The server's handlers only read messages.
         """
         if not prefix.endswith("!"):
             raise InvalidChannelName("local prefix %r must end with '!'" % (prefix,))

@@ -18,7 +18,7 @@ from typing import Any
 from gevent.hub import Waiter, get_hub
 
 from ..exceptions import ChannelFull
-from .base import BaseChannelLayer, copy_message, non_local_name
+from .base import BaseChannelLayer, check_message, copy_message, non_local_name
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,9 @@ class InMemoryChannelLayer(BaseChannelLayer):
     def __init__(self, **config: Any):
         super().__init__(**config)
         self._queues: dict[str, _Queue] = {}
-        self._groups: dict[str, dict[str, float]] = {}
+        #: group -> {channel: (expires_at, local prefix or "")}: the prefix is parsed once
+        #: per group_add, not on every group send.
+        self._groups: dict[str, dict[str, tuple[float, str]]] = {}
         self._receivable: set[str] = set()
         self._turn = 0
         self._sweep_at = _SWEEP_MIN
@@ -131,6 +133,11 @@ class InMemoryChannelLayer(BaseChannelLayer):
 
     def _send(self, channel: str, message: dict) -> None:
         self._deliver(channel, copy_message(message, self.max_message_size), monotonic())
+
+    def _send_owned(self, channel: str, message: dict, checked: bool) -> None:
+        if not checked:
+            check_message(message, self.max_message_size)
+        self._deliver(channel, message, monotonic())
 
     def _deliver(self, channel: str, message: dict, now: float) -> None:
         """Queue an already copied message, or hand it to a parked receiver."""
@@ -282,7 +289,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
         """Add ``channel`` to ``group`` for ``group_expiry`` seconds (renewed by each add)."""
         self.valid_group_name(group)
         self.valid_channel_name(channel)
-        self._groups.setdefault(group, {})[channel] = monotonic() + self.group_expiry
+        prefix = non_local_name(channel) if "!" in channel else ""
+        self._groups.setdefault(group, {})[channel] = (monotonic() + self.group_expiry, prefix)
 
     def group_discard(self, group: str, channel: str) -> None:
         self.valid_group_name(group)
@@ -297,12 +305,12 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self.valid_group_name(group)
         return list(self._members(group, monotonic()))
 
-    def _members(self, group: str, now: float) -> dict[str, float]:
+    def _members(self, group: str, now: float) -> dict[str, tuple[float, str]]:
         """The group's unexpired members (expired ones are removed on the way)."""
         members = self._groups.get(group)
         if not members:
             return {}
-        expired = [channel for channel, until in members.items() if until < now]
+        expired = [channel for channel, (until, _) in members.items() if until < now]
         for channel in expired:
             del members[channel]
         if not members:
@@ -310,28 +318,47 @@ class InMemoryChannelLayer(BaseChannelLayer):
         return members
 
     def send_group(self, group: str, message: dict) -> None:
-        """Send a copy of ``message`` to every member of ``group``. Full members are
-        skipped, never raised about: a group send reaches whoever can take it."""
+        """Send ``message`` to every member of ``group``. Full members are skipped, never
+        raised about: a group send reaches whoever can take it.
+
+        Members with a local handler (the server's sockets) share one copy, which
+        handlers only read; each queued member gets a copy of its own, which its
+        consumer may change.
+        """
         if not isinstance(message, dict):
             raise TypeError(f"message must be a dict, got {type(message).__name__}")
         self.valid_group_name(group)
         limit = self.max_message_size
-        first = copy_message(message, limit)
+        spare: dict | None = copy_message(message, limit)  # checked even for no members
+        shared = None
+        handlers = self._local_handlers
         now = monotonic()
-        for channel in list(self._members(group, now)):
-            copy = first if first is not None else copy_message(message, limit)
-            first = None
-            handler = self.local_handler_for(channel)
+        members = self._groups.get(group) or {}
+        expired = []
+        for channel, (until, prefix) in list(members.items()):
+            if until < now:
+                expired.append(channel)
+                continue
+            handler = handlers.get(prefix)
             try:
                 if handler is not None:
-                    handler(channel, copy)
+                    if shared is None:
+                        shared = spare if spare is not None else copy_message(message, limit)
+                        spare = None
+                    handler(channel, shared)
                 else:
+                    copy = spare if spare is not None else copy_message(message, limit)
+                    spare = None
                     self._deliver(channel, copy, now)
             except ChannelFull:
                 pass
             except Exception:
                 logger.exception("group %r: delivery to %r failed; other members still get "
                                  "the message", group, channel)
+        for channel in expired:
+            members.pop(channel, None)
+        if expired and not members:
+            self._groups.pop(group, None)
 
     # -- flush and statistics ----------------------------------------------
 

@@ -17,7 +17,9 @@ from typing import Any
 
 import gevent
 from gevent.event import Event
+from gevent.lock import Semaphore
 
+from ..exceptions import ChannelFull
 from .config import ServerConfig
 
 logger = logging.getLogger("geventchannels.server")
@@ -78,6 +80,8 @@ class ChannelsApplication:
         self._idle = Event()
         self._idle.set()
         self._greenlets: list[gevent.Greenlet] = []
+        #: One line per full channel of connections waiting for room in it.
+        self._room_lines: dict[str, Semaphore] = {}
 
     # -- life cycle --------------------------------------------------------------
 
@@ -155,6 +159,47 @@ class ChannelsApplication:
     @property
     def websocket_count(self) -> int:
         return len(self._websockets)
+
+    # -- messages the server builds ---------------------------------------------------
+
+    def send_when_room(self, channel: str, message: dict, patience: float) -> bool:
+        """Send a message the server built (and never touches again); when ``channel`` is
+        full, wait up to ``patience`` seconds for room. False if it stayed full.
+
+        Connections waiting for the same channel queue up in arrival order and only the
+        first of the line polls the layer, with a growing pause, so a burst of waiters
+        costs no spinning; a newcomer joins the line rather than jumping it.
+        """
+        send = self.layer.send_owned
+        line = self._room_lines.get(channel)
+        if line is None or not line.locked():
+            try:
+                send(channel, message)
+                return True
+            except ChannelFull:
+                if patience <= 0:
+                    return False
+            line = self._room_lines.get(channel)
+            if line is None:
+                line = self._room_lines[channel] = Semaphore()
+        deadline = time.monotonic() + patience
+        if not line.acquire(timeout=patience):
+            return False
+        try:
+            pause = 0.001
+            while True:
+                try:
+                    send(channel, message)
+                    return True
+                except ChannelFull:
+                    pass
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                gevent.sleep(min(pause, remaining))
+                pause = min(pause * 2, 0.01)
+        finally:
+            line.release()
 
     # -- reply channels -----------------------------------------------------------
 

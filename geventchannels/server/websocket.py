@@ -6,7 +6,7 @@ Lifecycle (``run`` executes in the pywsgi handler greenlet that parsed the reque
 2. ``websocket.connect`` is sent and the handshake is HELD until the first reply on the
    connection's reply channel: ``accept: True`` or ``text``/``bytes`` accept (101),
    ``accept: False`` or ``close`` reject (403), no reply within the handshake timeout: 403,
-   a full ``websocket.connect`` channel: 503.
+   a ``websocket.connect`` channel that stays full for CONNECT_PATIENCE seconds: 503.
 3. The same greenlet reads frames and sends ``websocket.receive`` (``order`` 1, 2, ...).
 4. Replies (delivered in whichever greenlet sent them) are framed at once and written
    straight to the socket when it can take them; only when the socket is full does a
@@ -34,7 +34,7 @@ import gevent.socket
 from gevent import get_hub
 from gevent.event import Event
 
-from ..exceptions import ChannelFull, MessageTooLarge
+from ..exceptions import MessageTooLarge
 from . import wsproto_engine as engine_module
 from .http import endpoints, header_list, split_path
 from .wsproto_engine import BINARY, CONT, TEXT, FrameEngine
@@ -49,16 +49,65 @@ CONNECTING, OPEN, CLOSED = "connecting", "open", "closed"
 
 #: Seconds a client gets to answer our close frame before the TCP connection is dropped.
 CLOSE_TIMEOUT = 5.0
+#: Seconds a handshake waits for room in a full websocket.connect channel before 503 (at
+#: most the handshake timeout): in a burst of connections the consumers lag the accepts.
+CONNECT_PATIENCE = 1.0
 #: Seconds a reader waits for room in a full websocket.receive channel before closing 1013.
 FULL_PATIENCE = 1.0
 #: Seconds a closed connection waits for room in a full websocket.disconnect channel.
 DISCONNECT_PATIENCE = 10.0
+#: Seconds between two log lines of a warning that many connections hit at once.
+TALLY_INTERVAL = 5.0
 #: Frames a batch may collect before it is written without waiting for the loop's turn.
 BATCH_FRAMES = 64
 #: Bytes asked of the socket per read.
 READ_SIZE = 65536
 
 _monotonic = time.monotonic
+
+
+class _Tally:
+    """A warning that many connections can hit at once (a burst, a shutdown): the first
+    is logged at once, later ones are counted and logged as one line per TALLY_INTERVAL.
+
+    ``template`` takes the count, then the arguments of the latest ``add``.
+    """
+
+    __slots__ = ("template", "count", "args", "reporter")
+
+    def __init__(self, template: str):
+        self.template = template
+        self.count = 0
+        self.args: tuple = ()
+        self.reporter: gevent.Greenlet | None = None
+
+    def add(self, *args: Any) -> None:
+        if self.reporter is None:
+            logger.warning(self.template, 1, *args)
+            self.reporter = gevent.spawn_later(TALLY_INTERVAL, self._report)
+        else:
+            self.count += 1
+            self.args = args
+
+    def _report(self) -> None:
+        count, self.count = self.count, 0
+        if count:
+            logger.warning(self.template, count, *self.args)
+            self.reporter = gevent.spawn_later(TALLY_INTERVAL, self._report)
+        else:
+            self.reporter = None
+
+
+_connect_refused = _Tally(
+    "%d WebSocket handshake(s) answered 503: the websocket.connect channel stayed full for "
+    "%s s (latest: %s). Run more consumers or raise that channel's capacity.")
+_receive_full = _Tally(
+    "%d WebSocket(s) closed with 1013: the websocket.receive channel stayed full for %s s "
+    "(latest: %s). Run more consumers or raise that channel's capacity.")
+_disconnect_full = _Tally(
+    "websocket.disconnect of %d WebSocket(s) not sent: the channel stayed full for %s s "
+    "(latest: %s). Consumers that track sockets in groups will keep stale members.")
+_disconnect_failed = _Tally("websocket.disconnect of %d WebSocket(s) not sent: %s (latest: %s)")
 
 
 def choose_subprotocol(offered: list[str], supported: list[str]) -> str | None:
@@ -149,18 +198,21 @@ class WebSocketConnection:
             "order": 0,
         }
         self._log("HANDSHAKING")
+        timeout = config.websocket_handshake_timeout
+        patience = min(CONNECT_PATIENCE, timeout)
+        started = _monotonic()
         try:
-            app.layer.send("websocket.connect", message)
-        except ChannelFull:
-            logger.warning("websocket.connect channel is full; refusing %s with 503", path)
-            self._send_plain(engine_module.http_response(503, "Server busy.\n"))
-            self._log("REJECT")
-            return False
+            sent = app.send_when_room("websocket.connect", message, patience)
         except MessageTooLarge:
             self._send_plain(engine_module.http_response(431, "Request headers too large.\n"))
             self._log("REJECT")
             return False
-        decision = self._await_decision(config.websocket_handshake_timeout)
+        if not sent:
+            _connect_refused.add(patience, path)
+            self._send_plain(engine_module.http_response(503, "Server busy.\n"))
+            self._log("REJECT")
+            return False
+        decision = self._await_decision(timeout - (_monotonic() - started))
         if decision is None or not self._accepts(decision):
             if decision is None:
                 logger.warning(
@@ -318,12 +370,8 @@ class WebSocketConnection:
         message = {"reply_channel": self.reply_channel, "path": self.path,
                    "order": self.order, key: value}
         try:
-            self.app.layer.send("websocket.receive", message)
-        except ChannelFull:
-            if not self._send_when_room("websocket.receive", message, FULL_PATIENCE):
-                logger.warning("websocket.receive channel stayed full for %s s; closing %s "
-                               "with 1013 (run more consumers or raise its capacity)",
-                               FULL_PATIENCE, self.reply_channel)
+            if not self.app.send_when_room("websocket.receive", message, FULL_PATIENCE):
+                _receive_full.add(FULL_PATIENCE, self.reply_channel)
                 self.close(1013)
         except MessageTooLarge:
             logger.warning(
@@ -332,21 +380,6 @@ class WebSocketConnection:
                 "limit or raise the layer's max_message_size.", self.reply_channel,
                 len(value), getattr(self.app.layer, "max_message_size", "?"))
             self.close(1009)
-
-    def _send_when_room(self, channel: str, message: dict, patience: float) -> bool:
-        """Back-pressure: while consumers catch up, this reader stops reading (so a fast
-        client is slowed by TCP) and retries for up to ``patience`` seconds."""
-        deadline = _monotonic() + patience
-        pause = 0.002
-        while _monotonic() < deadline:
-            gevent.sleep(pause)
-            pause = min(pause * 2, 0.05)
-            try:
-                self.app.layer.send(channel, message)
-                return True
-            except ChannelFull:
-                continue
-        return False
 
     def _finish(self) -> None:
         """After the reader stops: let the writer finish (briefly), close the socket and
@@ -365,15 +398,12 @@ class WebSocketConnection:
         message = {"reply_channel": self.reply_channel, "code": code, "path": self.path,
                    "order": self.order}
         try:
-            self.app.layer.send("websocket.disconnect", message)
-        except ChannelFull:
             # Many sockets closing at once: wait for room rather than lose the message
             # that lets consumers leave groups.
-            if not self._send_when_room("websocket.disconnect", message, DISCONNECT_PATIENCE):
-                logger.warning("websocket.disconnect for %s not sent: the channel stayed "
-                               "full for %s s", self.reply_channel, DISCONNECT_PATIENCE)
+            if not self.app.send_when_room("websocket.disconnect", message, DISCONNECT_PATIENCE):
+                _disconnect_full.add(DISCONNECT_PATIENCE, self.reply_channel)
         except Exception as error:
-            logger.warning("websocket.disconnect for %s not sent: %s", self.reply_channel, error)
+            _disconnect_failed.add(error, self.reply_channel)
         self._log("DISCONNECT")
 
     # -- replies, in whichever greenlet sent them ------------------------------

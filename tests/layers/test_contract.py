@@ -623,3 +623,53 @@ def test_after_detach_local_messages_are_queued_again(layer):
 def test_attach_local_needs_a_process_local_prefix(layer):
     with pytest.raises(InvalidChannelName):
         layer.attach_local("test.sockets", lambda channel, message: None)
+
+
+def test_a_local_handler_attached_after_group_add_gets_the_group_sends(layer):
+    layer.group_add("test.late", "test.later!one")
+    delivered = []
+    layer.attach_local("test.later!", lambda channel, message: delivered.append(channel))
+    layer.send_group("test.late", {"text": "hi"})
+    wait_until(lambda: delivered)
+    assert delivered == ["test.later!one"]
+    layer.detach_local("test.later!")
+    layer.send_group("test.late", {"text": "queued"})
+    assert layer.receive(["test.later!"], block=True, timeout=5) == (
+        "test.later!one", {"text": "queued"})
+
+
+# -- messages handed over (send_owned) ---------------------------------------------
+
+
+def test_a_handed_over_message_is_received(layer):
+    layer.send_owned("test.owned", {"text": "mine", "list": [1, [2, b"3"]], "n": None})
+    assert layer.receive(["test.owned"], block=True, timeout=5) == (
+        "test.owned", {"text": "mine", "list": [1, [2, b"3"]], "n": None})
+
+
+def test_a_handed_over_message_reaches_the_local_handler(layer):
+    delivered = []
+    layer.attach_local("test.owned!", lambda channel, message: delivered.append(
+        (channel, message)))
+    layer.send_owned("test.owned!x", {"text": "direct"})
+    wait_until(lambda: delivered)
+    assert delivered == [("test.owned!x", {"text": "direct"})]
+
+
+def test_a_handed_over_message_is_checked_like_a_sent_one(layer):
+    with pytest.raises(InvalidChannelName):
+        layer.send_owned("bad name", {"text": "x"})
+    with pytest.raises(MessageTooLarge):
+        layer.send_owned("test.owned.big", {"bytes": b"x" * (2 * 1024 * 1024)})
+    with pytest.raises(MessageTooLarge):
+        layer.send_owned("test.owned.big", {"parts": [{"t": "x" * 100_000}] * 21})
+    with pytest.raises(TypeError):
+        layer.send_owned("test.owned.big", {1: "int key"})
+    with pytest.raises(TypeError):
+        layer.send_owned("test.owned.big", {"set": {1, 2}})
+    with pytest.raises(TypeError):
+        layer.send_owned("test.owned.big", {"tuple": (1, 2)})
+    layer.attach_local("test.owned!", lambda channel, message: None)
+    with pytest.raises(MessageTooLarge):
+        layer.send_owned("test.owned!y", {"bytes": b"x" * (2 * 1024 * 1024)})
+    assert layer.receive(["test.owned.big"]) == (None, None)

@@ -243,3 +243,49 @@ def test_a_receiver_killed_after_close_woke_it_dies_quietly(layer):
     greenlet.greenlet.throw(receiver, gevent.GreenletExit)
     assert receiver.dead and receiver.successful()
     assert layer.receive(["closing"]) == (None, None)
+
+
+def test_a_handed_over_message_is_not_copied(layer):
+    message = {"text": "mine", "nested": {"n": 1}}
+    layer.send_owned("test.owned", message)
+    _channel, received = layer.receive(["test.owned"])
+    assert received is message
+
+
+def test_a_checked_hand_over_skips_the_size_check():
+    layer = InMemoryChannelLayer(max_message_size=100)
+    layer.send_owned("test.owned", {"text": "x" * 200}, checked=True)
+    assert layer.receive(["test.owned"])[1] == {"text": "x" * 200}
+    layer.close()
+
+
+def test_group_send_shares_one_copy_between_local_members_only(layer):
+    delivered = []
+    layer.attach_local("test.sockets!", lambda channel, message: delivered.append(message))
+    for name in ("test.sockets!a", "test.plain.a", "test.sockets!b", "test.plain.b"):
+        layer.group_add("test.room", name)
+    message = {"nested": {"value": "original"}}
+    layer.send_group("test.room", message)
+    assert len(delivered) == 2 and delivered[0] is delivered[1]
+    assert delivered[0] == message and delivered[0] is not message
+    assert delivered[0]["nested"] is not message["nested"]
+    _c, first = layer.receive(["test.plain.a"])
+    _c, second = layer.receive(["test.plain.b"])
+    assert first is not second and first is not delivered[0]
+    first["nested"]["value"] = "changed by a consumer"
+    assert second == delivered[0] == {"nested": {"value": "original"}}
+
+
+def test_group_send_forgets_expired_members():
+    layer = InMemoryChannelLayer(group_expiry=0.05)
+    layer.group_add("test.room", "test.gone")
+    time.sleep(0.1)
+    layer.group_add("test.room", "test.here")
+    layer.send_group("test.room", {"text": "hi"})
+    assert layer.receive(["test.gone"]) == (None, None)
+    assert layer.receive(["test.here"]) == ("test.here", {"text": "hi"})
+    assert layer.group_channels("test.room") == ["test.here"]
+    time.sleep(0.1)
+    layer.send_group("test.room", {"text": "late"})
+    assert "test.room" not in layer._groups
+    layer.close()
