@@ -69,8 +69,9 @@ def _layer_for(alias: str, channel_layer):
     return channel_layers[alias].channel_layer
 
 
-class Channel:
-    """A channel of a channel layer, by name: ``Channel("chat").send({"text": "hi"})``."""
+class _Named:
+    """What Channel and Group share: a name on a layer, compared and hashed by name
+    (equal to a str of the same name)."""
 
     __slots__ = ("name", "alias", "channel_layer")
 
@@ -80,6 +81,28 @@ class Channel:
         self.name = name
         self.alias = alias
         self.channel_layer = _layer_for(alias, channel_layer)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is type(self):
+            return self.name == other.name
+        if isinstance(other, str):
+            return self.name == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+class Channel(_Named):
+    """A channel of a channel layer, by name: ``Channel("chat").send({"text": "hi"})``."""
+
+    __slots__ = ()
 
     def send(self, content: dict, immediately: bool = False) -> None:
         """Send ``content`` (a dict) now, or when the running consumer returns."""
@@ -97,35 +120,12 @@ class Channel:
                 return
         self.channel_layer.send(self.name, content)
 
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Channel):
-            return self.name == other.name
-        if isinstance(other, str):
-            return self.name == other
-        return NotImplemented
 
-    def __hash__(self) -> int:
-        return hash(self.name)
-
-    def __str__(self) -> str:
-        return self.name
-
-    def __repr__(self) -> str:
-        return f"<Channel {self.name}>"
-
-
-class Group:
+class Group(_Named):
     """A named set of channels that receive the same messages:
     ``Group("room-1").add(message.reply_channel)``."""
 
-    __slots__ = ("name", "alias", "channel_layer")
-
-    def __init__(self, name: str, alias: str = DEFAULT_CHANNEL_LAYER, channel_layer=None):
-        if isinstance(name, bytes):
-            name = name.decode("ascii")
-        self.name = name
-        self.alias = alias
-        self.channel_layer = _layer_for(alias, channel_layer)
+    __slots__ = ()
 
     def add(self, channel: Channel | str) -> None:
         """Add a channel (a Channel or its name) to the group; at once, never buffered."""
@@ -152,22 +152,6 @@ class Group:
                 )
                 return
         self.channel_layer.send_group(self.name, content)
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Group):
-            return self.name == other.name
-        if isinstance(other, str):
-            return self.name == other
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self.name)
-
-    def __str__(self) -> str:
-        return self.name
-
-    def __repr__(self) -> str:
-        return f"<Group {self.name}>"
 
 
 def _channel_name(channel: Channel | str) -> str:
