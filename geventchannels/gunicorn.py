@@ -49,13 +49,32 @@ def _generation() -> int:
 
 
 def _handler_class():
-    """ChannelsHandler with gunicorn's access log line and environ keys."""
+    """ChannelsHandler with gunicorn's access log (``--access-logfile``, ``--access-logformat``)
+    and environ keys."""
     from .server import ChannelsHandler
 
     class GunicornChannelsHandler(ChannelsHandler, PyWSGIHandler):
-        log_request = PyWSGIHandler.log_request
+        def get_environ(self) -> dict:
+            # ChannelsHandler builds the environ itself: add what PyWSGIHandler adds.
+            environ = ChannelsHandler.get_environ(self)
+            environ["gunicorn.sock"] = self.socket
+            environ["RAW_URI"] = self.path
+            return environ
+
+        def log_request(self) -> None:
+            # gunicorn's line costs two datetimes and a response object per request even
+            # when it is thrown away: only build it when the access log is on.
+            if _access_log_enabled(self.server.log):
+                PyWSGIHandler.log_request(self)
 
     return GunicornChannelsHandler
+
+
+def _access_log_enabled(log) -> bool:
+    enabled = getattr(log, "access_log_enabled", None)
+    if enabled is None:  # an older gunicorn: its access() decides
+        return True
+    return bool(enabled)
 
 
 class Worker(GeventPyWSGIWorker):
@@ -100,7 +119,8 @@ class Worker(GeventPyWSGIWorker):
         """Load the project, then build this worker's ChannelsApplication: a broken
         channel layer or routing stops gunicorn with a reason instead of respawning."""
         super().load_wsgi()
-        self.wsgi = self._count_requests(self.wsgi)
+        if self.cfg.max_requests > 0:
+            self.wsgi = self._count_requests(self.wsgi)
         from django.core.exceptions import ImproperlyConfigured
 
         try:

@@ -273,6 +273,16 @@ class Router:
                 return consumer, kwargs
         return None
 
+    def filter_keys(self, channel: str) -> set[str]:
+        """The message keys the routes of ``channel`` filter on: the server uses it to
+        decide whether a cheap part of a request is enough to know if a route claims it."""
+        return {
+            key
+            for levels, _ in self._by_channel.get(channel, ())
+            for filters in levels
+            for key, _ in filters
+        }
+
     def add_route(self, entry: Route | Include) -> None:
         """Append a route after the existing ones (and after the defaults)."""
         for channel, levels, consumer in entry.leaves():

@@ -220,3 +220,13 @@ def test_route_and_include_match_directly():
     assert route("test.one", consumer_a).match(msg("test.two")) is None
     assert include(inner_routes, path=r"^/c").match(msg("websocket.connect", path="/c/ab/")) == (
         consumer_b, {"room": "ab"})
+
+
+def test_filter_keys_names_what_the_routes_of_a_channel_filter_on():
+    router = Router([
+        route("http.request", lambda message: None, path=r"^/poll/"),
+        route("http.request", lambda message: None, method=r"^POST$"),
+        route("websocket.receive", lambda message: None, text=r"^x"),
+    ])
+    assert router.filter_keys("http.request") == {"path", "method"}
+    assert router.filter_keys("websocket.connect") == set()

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
+from weakref import WeakKeyDictionary
 
 from gevent import get_hub
 from gevent.event import Event
@@ -75,14 +76,18 @@ def endpoints(handler: Any, proxy_headers: bool, secure_scheme: str, plain_schem
     return scheme, client, server
 
 
+def _version(handler: Any) -> str:
+    version = handler.request_version or "HTTP/1.1"
+    return version[5:] if version.startswith("HTTP/") else version
+
+
 def request_message(handler: Any, app: ChannelsApplication) -> dict:
     """The ``http.request`` message of the request ``handler`` has parsed, without
     ``reply_channel`` and ``body`` (added once a route claims it)."""
     path, query = split_path(handler.path)
     scheme, client, server = endpoints(handler, app.config.proxy_headers, "https", "http")
-    version = handler.request_version or "HTTP/1.1"
     return {
-        "http_version": version[5:] if version.startswith("HTTP/") else version,
+        "http_version": _version(handler),
         "method": handler.command,
         "scheme": scheme,
         "path": path,
@@ -92,6 +97,57 @@ def request_message(handler: Any, app: ChannelsApplication) -> dict:
         "client": client,
         "server": server,
     }
+
+
+#: Message keys that cost next to nothing to compute, for the routing check.
+_CHEAP_KEYS: dict[str, Callable[[Any, ChannelsApplication], Any]] = {
+    "path": lambda handler, app: split_path(handler.path)[0],
+    "query_string": lambda handler, app: split_path(handler.path)[1],
+    "method": lambda handler, app: handler.command,
+    "http_version": lambda handler, app: _version(handler),
+    "root_path": lambda handler, app: app.config.root_path,
+}
+#: Answers of claiming_route() per request line, while the routes only read cheap keys.
+CLAIM_CACHE_SIZE = 4096
+CLAIM_CACHE_PATH = 512
+
+
+class _ClaimCheck:
+    """What the http.request routes of one Router read, and their answers so far."""
+
+    __slots__ = ("channels", "keys", "answers")
+
+    def __init__(self, router: Any):
+        #: The router's channel set when this was built (add_route replaces it).
+        self.channels = router.channels
+        keys = router.filter_keys("http.request")
+        #: None when some route reads a key that needs the whole message.
+        self.keys = tuple(keys) if keys <= _CHEAP_KEYS.keys() else None
+        self.answers: dict[tuple, bool] = {}
+
+
+_claim_checks: WeakKeyDictionary = WeakKeyDictionary()
+
+
+def claiming_route(handler: Any, app: ChannelsApplication) -> bool:
+    """Whether an ``http.request`` route claims the request. Routes usually filter on the
+    path only: then the answer depends on the request line alone and is remembered."""
+    router = app.router
+    check = _claim_checks.get(router)
+    if check is None or check.channels is not router.channels:
+        check = _claim_checks[router] = _ClaimCheck(router)
+    if check.keys is None:
+        return router.match_content("http.request", request_message(handler, app)) is not None
+    line = (handler.path, handler.command, handler.request_version, app.config.root_path)
+    answer = check.answers.get(line)
+    if answer is None:
+        probe = {key: _CHEAP_KEYS[key](handler, app) for key in check.keys}
+        answer = router.match_content("http.request", probe) is not None
+        if len(handler.path) <= CLAIM_CACHE_PATH:
+            if len(check.answers) >= CLAIM_CACHE_SIZE:
+                check.answers.clear()
+            check.answers[line] = answer
+    return answer
 
 
 # -- the routed request ----------------------------------------------------------
