@@ -221,6 +221,24 @@ def test_full_http_request_channel_is_503():
         first.kill()
 
 
+def slow_answer(message) -> None:
+    gevent.sleep(0.02)
+    answer(message)
+
+
+@pytest.mark.timeout(30)
+def test_a_burst_into_a_full_http_request_channel_waits_for_room():
+    """Twelve requests at once into a channel that holds one: each waits its turn for
+    room (up to REQUEST_PATIENCE) instead of being answered 503."""
+    layer = InMemoryChannelLayer(channel_capacity={"http.request": 1})
+    with live_server([route("http.request", slow_answer)], layer=layer,
+                     worker_concurrency=1) as srv:
+        burst = [gevent.spawn(request, srv, "POST", "/burst/", b"%d" % i) for i in range(12)]
+        gevent.joinall(burst, timeout=20, raise_error=True)
+        assert sorted(g.value[0] for g in burst) == [201] * 12
+        assert sorted(g.value[2] for g in burst) == sorted(b"routed %d" % i for i in range(12))
+
+
 def test_routed_body_over_django_limit_is_413():
     with override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=1000), \
             live_server([route("http.request", answer)]) as srv:

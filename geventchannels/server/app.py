@@ -25,6 +25,43 @@ from .config import ServerConfig
 logger = logging.getLogger("geventchannels.server")
 
 
+#: Seconds between two log lines of a warning that many connections hit at once.
+TALLY_INTERVAL = 5.0
+
+
+class Tally:
+    """A warning that many connections can hit at once (a burst, a shutdown): the first
+    is logged at once, later ones are counted and logged as one line per TALLY_INTERVAL.
+
+    ``template`` takes the count, then the arguments of the latest ``add``.
+    """
+
+    __slots__ = ("template", "count", "args", "reporter")
+
+    def __init__(self, template: str):
+        self.template = template
+        self.count = 0
+        self.args: tuple = ()
+        self.reporter: gevent.Greenlet | None = None
+
+    def add(self, *args: Any) -> None:
+        if self.reporter is None:
+            logger.warning(self.template, 1, *args)
+            self.reporter = gevent.spawn_later(TALLY_INTERVAL, self._report)
+        else:
+            self.count += 1
+            self.args = args
+
+    def _report(self) -> None:
+        count, self.count = self.count, 0
+        if count:
+            logger.warning(self.template, count, *self.args)
+            self.reporter = gevent.spawn_later(TALLY_INTERVAL, self._report)
+        else:
+            self.reporter = None
+
+
+
 class ChannelsApplication:
     """Serves a WSGI application (Django's) plus channels: HTTP fast path, routed
     ``http.request``, WebSockets, and the consumers.

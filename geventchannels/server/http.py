@@ -21,12 +21,20 @@ from weakref import WeakKeyDictionary
 from gevent import get_hub
 from gevent.event import Event
 
-from ..exceptions import ChannelFull, MessageTooLarge
+from ..exceptions import MessageTooLarge
+from .app import Tally
 
 if TYPE_CHECKING:
     from .app import ChannelsApplication
 
 logger = logging.getLogger("geventchannels.server")
+
+#: Seconds a routed request waits for room in a full http.request channel before its 503.
+REQUEST_PATIENCE = 1.0
+
+_request_refused = Tally(
+    "%d routed HTTP request(s) answered 503: the http.request channel stayed full for %s s "
+    "(latest: %s). Run more consumers or raise that channel's capacity.")
 
 
 # -- message building (shared with the WebSocket code) -------------------------
@@ -209,16 +217,19 @@ class RoutedRequest:
         message["reply_channel"] = self.reply_channel
         message["body"] = body
         try:
-            app.layer.send("http.request", message)
-        except ChannelFull:
-            self._close()
-            return _plain(start_response, 503, "Server busy: the http.request channel is full.\n")
+            sent = app.send_when_room(
+                "http.request", message, min(REQUEST_PATIENCE, app.config.http_timeout)
+            )
         except MessageTooLarge:
             self._close()
             return _plain(start_response, 413, "Request is too large for the channel layer.\n")
         except Exception:
             self._close()
             raise
+        if not sent:
+            self._close()
+            _request_refused.add(REQUEST_PATIENCE, message["path"])
+            return _plain(start_response, 503, "Server busy: the http.request channel is full.\n")
         self.message = None
         self._watch_client()
         try:

@@ -36,6 +36,7 @@ from gevent.event import Event
 
 from ..exceptions import MessageTooLarge
 from . import wsproto_engine as engine_module
+from .app import Tally
 from .http import endpoints, header_list, split_path
 from .wsproto_engine import BINARY, CONT, TEXT, FrameEngine
 
@@ -56,8 +57,6 @@ CONNECT_PATIENCE = 1.0
 FULL_PATIENCE = 1.0
 #: Seconds a closed connection waits for room in a full websocket.disconnect channel.
 DISCONNECT_PATIENCE = 10.0
-#: Seconds between two log lines of a warning that many connections hit at once.
-TALLY_INTERVAL = 5.0
 #: Frames a batch may collect before it is written without waiting for the loop's turn.
 BATCH_FRAMES = 64
 #: Bytes asked of the socket per read.
@@ -66,48 +65,16 @@ READ_SIZE = 65536
 _monotonic = time.monotonic
 
 
-class _Tally:
-    """A warning that many connections can hit at once (a burst, a shutdown): the first
-    is logged at once, later ones are counted and logged as one line per TALLY_INTERVAL.
-
-    ``template`` takes the count, then the arguments of the latest ``add``.
-    """
-
-    __slots__ = ("template", "count", "args", "reporter")
-
-    def __init__(self, template: str):
-        self.template = template
-        self.count = 0
-        self.args: tuple = ()
-        self.reporter: gevent.Greenlet | None = None
-
-    def add(self, *args: Any) -> None:
-        if self.reporter is None:
-            logger.warning(self.template, 1, *args)
-            self.reporter = gevent.spawn_later(TALLY_INTERVAL, self._report)
-        else:
-            self.count += 1
-            self.args = args
-
-    def _report(self) -> None:
-        count, self.count = self.count, 0
-        if count:
-            logger.warning(self.template, count, *self.args)
-            self.reporter = gevent.spawn_later(TALLY_INTERVAL, self._report)
-        else:
-            self.reporter = None
-
-
-_connect_refused = _Tally(
+_connect_refused = Tally(
     "%d WebSocket handshake(s) answered 503: the websocket.connect channel stayed full for "
     "%s s (latest: %s). Run more consumers or raise that channel's capacity.")
-_receive_full = _Tally(
+_receive_full = Tally(
     "%d WebSocket(s) closed with 1013: the websocket.receive channel stayed full for %s s "
     "(latest: %s). Run more consumers or raise that channel's capacity.")
-_disconnect_full = _Tally(
+_disconnect_full = Tally(
     "websocket.disconnect of %d WebSocket(s) not sent: the channel stayed full for %s s "
     "(latest: %s). Consumers that track sockets in groups will keep stale members.")
-_disconnect_failed = _Tally("websocket.disconnect of %d WebSocket(s) not sent: %s (latest: %s)")
+_disconnect_failed = Tally("websocket.disconnect of %d WebSocket(s) not sent: %s (latest: %s)")
 
 
 def choose_subprotocol(offered: list[str], supported: list[str]) -> str | None:
