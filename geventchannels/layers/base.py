@@ -42,10 +42,7 @@ def copy_message(message: dict, limit: int = MAX_MESSAGE_SIZE) -> dict:
     try:
         return _copy_value(message, [limit])
     except _OverBudget:
-        raise MessageTooLarge(
-            "message is larger than the layer's limit of %d bytes; send large data "
-            "out of band or raise max_message_size" % limit
-        ) from None
+        raise _too_large(limit) from None
 
 
 def check_message(message: dict, limit: int = MAX_MESSAGE_SIZE) -> None:
@@ -54,10 +51,14 @@ def check_message(message: dict, limit: int = MAX_MESSAGE_SIZE) -> None:
     if not isinstance(message, dict):
         raise TypeError("message must be a dict, got %s" % type(message).__name__)
     if _measure(message) > limit:
-        raise MessageTooLarge(
-            "message is larger than the layer's limit of %d bytes; send large data "
-            "out of band or raise max_message_size" % limit
-        )
+        raise _too_large(limit)
+
+
+def _too_large(limit: int) -> MessageTooLarge:
+    return MessageTooLarge(
+        "message is larger than the layer's limit of %d bytes; send large data "
+        "out of band or raise max_message_size" % limit
+    )
 
 
 def _measure(value: Any) -> int:
