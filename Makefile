@@ -10,7 +10,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-install: $(PY) system-deps
+install: $(PY)
 	$(PY) -m pip install --quiet -e ".[test]"
 
 # redis-server is needed by the Redis layer tests and chromium by the demo's browser test;
@@ -32,7 +32,7 @@ system-deps:
 	  fi; }
 
 # Tests run with gevent's monkey patching applied before pytest imports anything.
-test: install
+test: install system-deps
 	$(PY) -m gevent.monkey --module pytest $(PYTEST_ARGS)
 
 demo: install
