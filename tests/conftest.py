@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 
 import pytest
 
@@ -43,20 +44,22 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 15.0) -> 
 
 
 class RedisServer:
-    """A private redis-server process: its own port, no persistence."""
+    """A private redis-server process: its own port (or ``port``, e.g. to restart one that
+    was stopped), no persistence, its own working folder; ``extra_args`` are added to the
+    command line (cluster mode, renamed commands)."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = None, extra_args: Sequence[str] = ()) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
                 "redis-server is not on PATH; install it (apt-get install redis-server) "
                 "or run `make test`, which installs it when run as root"
             )
-        self.port = free_port()
+        self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="gc-redis-")
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir, "--loglevel", "warning"],
+             "--appendonly", "no", "--dir", self.dir, "--loglevel", "warning", *extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_for_port(self.port)

@@ -265,28 +265,6 @@ def test_statistics_are_kept_in_redis(redis_url):
 # -- outages ------------------------------------------------------------------------
 
 
-def _redis_on(port: int) -> subprocess.Popen:
-    process = subprocess.Popen(
-        [
-            shutil.which("redis-server"),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--loglevel",
-            "warning",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for_port(port)
-    return process
-
-
 def test_outage_send_raises_and_receivers_recover(caplog):
     server = RedisServer()
     layer = RedisChannelLayer(hosts=[server.url])
@@ -317,7 +295,7 @@ def test_outage_send_raises_and_receivers_recover(caplog):
         gevent.sleep(0.5)  # let the receiver and the drain meet the outage and back off
         assert not receiver.dead
 
-        restarted = _redis_on(server.port)
+        restarted = RedisServer(port=server.port)
         other = RedisChannelLayer(hosts=[server.url])
         other.send("work", {"after": True})
         other.send("drain!x", {"after": True})
@@ -331,8 +309,7 @@ def test_outage_send_raises_and_receivers_recover(caplog):
         receiver.kill()
         layer.close()
         if restarted is not None:
-            restarted.terminate()
-            restarted.wait(10)
+            restarted.stop()
         server.stop()
 
 
@@ -520,10 +497,10 @@ def test_close_wakes_blocked_receivers(redis_url):
 # -- Sentinel and Cluster ---------------------------------------------------------------
 
 
-def _spawn(*args: str, port: int, cwd: str | None = None) -> subprocess.Popen:
+def _spawn(*args: str, port: int) -> subprocess.Popen:
+    """A redis-server in a mode RedisServer does not start: a sentinel from its config."""
     process = subprocess.Popen(
         [shutil.which("redis-server"), *args],
-        cwd=cwd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -557,10 +534,8 @@ def _exercise(layer: RedisChannelLayer) -> None:
 
 @pytest.mark.timeout(30)
 def test_sentinel_by_keywords_and_by_url(tmp_path):
-    master_port, sentinel_port = free_port(), free_port()
-    master = _spawn(
-        "--port", str(master_port), "--bind", "127.0.0.1", "--save", "", port=master_port
-    )
+    master = RedisServer()
+    master_port, sentinel_port = master.port, free_port()
     config = tmp_path / "sentinel.conf"
     config.write_text(
         f"port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor main 127.0.0.1 {master_port} 1\n"
@@ -577,39 +552,21 @@ def test_sentinel_by_keywords_and_by_url(tmp_path):
         assert redis.Redis(port=master_port).llen("asgi:via-url") == 1
         by_url.close()
     finally:
-        for process in (sentinel, master):
-            process.terminate()
-            process.wait(10)
+        sentinel.terminate()
+        sentinel.wait(10)
+        master.stop()
 
 
 @pytest.mark.timeout(40)
-def test_cluster(tmp_path):
-    ports = [free_port() for _ in range(3)]
+def test_cluster():
     nodes = []
     try:
-        for port in ports:
-            folder = tmp_path / str(port)
-            folder.mkdir()
-            nodes.append(
-                _spawn(
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-port",
-                    str(free_port()),
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    port=port,
-                    cwd=str(folder),
-                )
-            )
+        for _ in range(3):
+            nodes.append(RedisServer(extra_args=[
+                "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+                "--cluster-config-file", "nodes.conf",
+            ]))
+        ports = [node.port for node in nodes]
         subprocess.run(
             [
                 "redis-cli",
@@ -638,28 +595,15 @@ def test_cluster(tmp_path):
         layer.close()
     finally:
         for node in nodes:
-            node.terminate()
-            node.wait(10)
+            node.stop()
 
 
 def test_redis_without_multi_pop_still_works():
     """Redis before 7.0 has no LMPOP/BLMPOP: renaming them away stands in for an old server."""
-    port = free_port()
-    server = _spawn(
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--rename-command",
-        "LMPOP",
-        "",
-        "--rename-command",
-        "BLMPOP",
-        "",
-        port=port,
+    server = RedisServer(
+        extra_args=["--rename-command", "LMPOP", "", "--rename-command", "BLMPOP", ""]
     )
+    port = server.port
     layer = RedisChannelLayer(hosts=[("127.0.0.1", port)])
     try:
         layer.send("old", {"n": 1})
@@ -672,5 +616,4 @@ def test_redis_without_multi_pop_still_works():
         assert got.get(timeout=5) == {"n": 3}
     finally:
         layer.close()
-        server.terminate()
-        server.wait(10)
+        server.stop()
