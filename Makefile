@@ -47,6 +47,8 @@ bench-quick: install
 
 lint: $(PY)
 	$(PY) -m ruff check geventchannels tests bench demo_project
+	$(PY) -m ruff format --check geventchannels tests bench demo_project
+	$(PY) -m mypy
 
 clean:
 	rm -rf $(VENV) bench/.venv-anchors build dist *.egg-info

@@ -30,21 +30,42 @@ QUICK_SYSTEMS = [systems.PROJECT, "bare"]
 def parse_args(argv: list[str]) -> argparse.Namespace:
     names = [w.name for w in WORKLOADS]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny sizes, this project and the bare ceiling only (a smoke run)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes, this project and the bare ceiling only (a smoke run)",
+    )
     parser.add_argument("--only", help="comma-separated workloads, of: " + ", ".join(names))
-    parser.add_argument("--systems", help="comma-separated systems, of: " + ", ".join(systems.SYSTEMS))
-    parser.add_argument("--out", type=Path, default=BENCH / "results",
-                        help="where the JSON, tables and plot go (default bench/results)")
-    parser.add_argument("--no-pin", action="store_true",
-                        help="do not pin servers to CPU 0 and the load generator to CPU 1")
-    parser.add_argument("--profile", action="store_true",
-                        help="record geventchannels with py-spy during http, ws_echo and broadcast")
-    parser.add_argument("--no-docs", action="store_true",
-                        help="do not rewrite the results block of docs/benchmarks.md")
-    parser.add_argument("--report-only", action="store_true",
-                        help="measure nothing: redo tables.md, the plot and the docs block from "
-                             "the summary.json already in --out")
+    parser.add_argument(
+        "--systems", help="comma-separated systems, of: " + ", ".join(systems.SYSTEMS)
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=BENCH / "results",
+        help="where the JSON, tables and plot go (default bench/results)",
+    )
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="do not pin servers to CPU 0 and the load generator to CPU 1",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="record geventchannels with py-spy during http, ws_echo and broadcast",
+    )
+    parser.add_argument(
+        "--no-docs",
+        action="store_true",
+        help="do not rewrite the results block of docs/benchmarks.md",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="measure nothing: redo tables.md, the plot and the docs block from "
+        "the summary.json already in --out",
+    )
     args = parser.parse_args(argv)
     args.workloads = _pick(args.only, names, "workload")
     default_systems = QUICK_SYSTEMS if args.quick else list(systems.SYSTEMS)
@@ -52,14 +73,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _pick(text: str | None, default: list[str], what: str, known: list[str] | None = None) -> list[str]:
+def _pick(
+    text: str | None, default: list[str], what: str, known: list[str] | None = None
+) -> list[str]:
     if not text:
         return list(default)
     chosen = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in chosen if name not in (known or default)]
     if unknown:
-        raise SystemExit("unknown {} {}; choose from {}".format(what, ", ".join(unknown),
-                                                            ", ".join(known or default)))
+        raise SystemExit(
+            "unknown {} {}; choose from {}".format(
+                what, ", ".join(unknown), ", ".join(known or default)
+            )
+        )
     return chosen
 
 
@@ -98,27 +124,46 @@ def run(args: argparse.Namespace, scratch: Path) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     database = scratch / "db" / "bench.sqlite3"
     database.parent.mkdir(parents=True)
-    subprocess.run([str(environment.MAIN_PYTHON), str(BENCH / "benchsite" / "prepare_db.py")],
-                   check=True, cwd=BENCH, env={"PYTHONPATH": str(BENCH), "BENCH_DB": str(database),
-                                               "PATH": "/usr/bin:/bin"})
+    subprocess.run(
+        [str(environment.MAIN_PYTHON), str(BENCH / "benchsite" / "prepare_db.py")],
+        check=True,
+        cwd=BENCH,
+        env={"PYTHONPATH": str(BENCH), "BENCH_DB": str(database), "PATH": "/usr/bin:/bin"},
+    )
     wrk_path = environment.wrk(install=not args.quick)
     ctx = Context(
-        sizes=QUICK if args.quick else FULL, logs=logs, database=database, anchors=anchors,
-        node=environment.node_loadgen(), wrk=wrk_path,
-        server_cpus="0" if pin else None, client_cpus="1" if pin else None,
+        sizes=QUICK if args.quick else FULL,
+        logs=logs,
+        database=database,
+        anchors=anchors,
+        node=environment.node_loadgen(),
+        wrk=wrk_path,
+        server_cpus="0" if pin else None,
+        client_cpus="1" if pin else None,
         redis_binary=environment.redis_server() if "broadcast_redis" in args.workloads else None,
     )
     if args.profile:
         ctx.profile = profiler(anchors.parent / "py-spy", args.out, logs)
     runner = _project_runner() if systems.PROJECT in args.system_names else None
-    settings = {"quick": args.quick, "server_cpus": ctx.server_cpus, "client_cpus": ctx.client_cpus,
-                "open_files": files_limit, "project_runner": runner, "loadgen": "node + " + (
-                    "wrk" if wrk_path else "node http")}
+    settings = {
+        "quick": args.quick,
+        "server_cpus": ctx.server_cpus,
+        "client_cpus": ctx.client_cpus,
+        "open_files": files_limit,
+        "project_runner": runner,
+        "loadgen": "node + " + ("wrk" if wrk_path else "node http"),
+    }
     machine = environment.machine(anchors, wrk_path)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    say("machine: {cores} cores, {cpu}, Python {python}, load average {loadavg_start}".format(**machine))
+    say(
+        "machine: {cores} cores, {cpu}, Python {python}, load average {loadavg_start}".format(
+            **machine
+        )
+    )
     if os.getloadavg()[0] > 0.5 * procs.CORES:
-        say(f"warning: the machine is busy (load average {os.getloadavg()[0]:.1f}): numbers will be low and noisy")
+        say(
+            f"warning: the machine is busy (load average {os.getloadavg()[0]:.1f}): numbers will be low and noisy"
+        )
     say(f"logs of this run: {logs}")
     documents = []
     by_name = {w.name: w for w in WORKLOADS}
@@ -134,7 +179,10 @@ def run(args: argparse.Namespace, scratch: Path) -> int:
             continue
         params = ctx.sizes[workload.systems_key]
         documents.append(report.write_workload(args.out, workload, params, results, machine, stamp))
-        print(f"\n== {workload.title} ({report.params_line(params)})\n{report.text_table(workload, results)}", flush=True)
+        print(
+            f"\n== {workload.title} ({report.params_line(params)})\n{report.text_table(workload, results)}",
+            flush=True,
+        )
     if not documents:
         say("nothing ran: no chosen system supports the chosen workloads")
         return 1
@@ -144,8 +192,7 @@ def run(args: argparse.Namespace, scratch: Path) -> int:
     say("results: {}{}".format(args.out, f" (no plot: {plot_error})" if plot_error else ""))
     if not args.quick and not args.no_docs and args.out == BENCH / "results":
         report.update_docs(environment.ROOT / "docs" / "benchmarks.md", tables)
-    failed = [d["workload"] for d in documents
-              if any("error" in m for m in d["systems"].values())]
+    failed = [d["workload"] for d in documents if any("error" in m for m in d["systems"].values())]
     if failed:
         say("some runs failed (see the tables and {}): {}".format(logs, ", ".join(failed)))
         return 3
@@ -155,8 +202,14 @@ def run(args: argparse.Namespace, scratch: Path) -> int:
 def rewrite_report(args: argparse.Namespace) -> int:
     summary = json.loads((args.out / "summary.json").read_text())
     by_name = {w.name: w for w in WORKLOADS}
-    tables = report.write_tables(args.out, summary["workloads"], summary["machine"],
-                                 summary["timestamp"], summary["settings"], by_name)
+    tables = report.write_tables(
+        args.out,
+        summary["workloads"],
+        summary["machine"],
+        summary["timestamp"],
+        summary["settings"],
+        by_name,
+    )
     plot_error = report.plot(_plotter(None), args.out, BENCH / "plot.py")
     if plot_error:
         environment.say(f"no plot: {plot_error}")

@@ -52,7 +52,9 @@ def send_buffered(buffer: list) -> None:
         except Exception as error:
             logger.error(
                 "message from a consumer to %r was not sent: %s: %s",
-                name, type(error).__name__, error,
+                name,
+                type(error).__name__,
+                error,
             )
 
 
@@ -107,9 +109,7 @@ class Channel(_Named):
     def send(self, content: dict, immediately: bool = False) -> None:
         """Send ``content`` (a dict) now, or when the running consumer returns."""
         if not isinstance(content, dict):
-            raise TypeError(
-                f"only dicts can be sent on a channel, got {type(content).__name__}"
-            )
+            raise TypeError(f"only dicts can be sent on a channel, got {type(content).__name__}")
         if not immediately:
             buffer = pending_sends.get(getcurrent())
             if buffer is not None:
@@ -139,9 +139,7 @@ class Group(_Named):
         """Send ``content`` (a dict) to every channel of the group, now or when the
         running consumer returns."""
         if not isinstance(content, dict):
-            raise ValueError(
-                f"only dicts can be sent to a group, got {type(content).__name__}"
-            )
+            raise ValueError(f"only dicts can be sent to a group, got {type(content).__name__}")
         if not immediately:
             buffer = pending_sends.get(getcurrent())
             if buffer is not None:

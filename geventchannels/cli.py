@@ -25,29 +25,72 @@ def build_parser():
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     serve = commands.add_parser(
-        "serve", help="serve a WSGI module until SIGTERM / SIGINT",
+        "serve",
+        help="serve a WSGI module until SIGTERM / SIGINT",
         description="Serve a WSGI module until SIGTERM / SIGINT, then stop gracefully.",
     )
-    serve.add_argument("wsgi", metavar="MODULE[:ATTRIBUTE]",
-                       help="the project's WSGI module, e.g. proj.wsgi (attribute: application)")
-    serve.add_argument("-b", "--bind", default="127.0.0.1:8000", metavar="ADDRESS",
-                       help="HOST:PORT, PORT or [IPV6]:PORT to listen on (default: %(default)s)")
-    serve.add_argument("--settings", metavar="MODULE",
-                       help="Django settings module (sets DJANGO_SETTINGS_MODULE)")
-    serve.add_argument("--pythonpath", action="append", default=[], metavar="DIR",
-                       help="directory to add to sys.path (repeatable; the current one is)")
-    serve.add_argument("--layer", default="default", metavar="ALIAS",
-                       help="CHANNEL_LAYERS alias to serve (default: %(default)s)")
-    serve.add_argument("--workers-concurrency", type=_positive_int, default=None, metavar="N",
-                       help="consumer greenlets in this process (default: WORKER_CONCURRENCY)")
-    serve.add_argument("--noworker", action="store_false", dest="run_worker",
-                       help="run no consumers here (runworker processes on Redis do)")
-    serve.add_argument("--http-timeout", type=float, default=None, metavar="SECONDS",
-                       help="seconds a routed http.request may wait for its response")
-    serve.add_argument("--websocket-handshake-timeout", type=float, default=None,
-                       metavar="SECONDS", help="seconds websocket.connect may take to answer")
-    serve.add_argument("--graceful-timeout", type=float, default=None, metavar="SECONDS",
-                       help="seconds in-flight requests and consumers get on stop")
+    serve.add_argument(
+        "wsgi",
+        metavar="MODULE[:ATTRIBUTE]",
+        help="the project's WSGI module, e.g. proj.wsgi (attribute: application)",
+    )
+    serve.add_argument(
+        "-b",
+        "--bind",
+        default="127.0.0.1:8000",
+        metavar="ADDRESS",
+        help="HOST:PORT, PORT or [IPV6]:PORT to listen on (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--settings", metavar="MODULE", help="Django settings module (sets DJANGO_SETTINGS_MODULE)"
+    )
+    serve.add_argument(
+        "--pythonpath",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="directory to add to sys.path (repeatable; the current one is)",
+    )
+    serve.add_argument(
+        "--layer",
+        default="default",
+        metavar="ALIAS",
+        help="CHANNEL_LAYERS alias to serve (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--workers-concurrency",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="consumer greenlets in this process (default: WORKER_CONCURRENCY)",
+    )
+    serve.add_argument(
+        "--noworker",
+        action="store_false",
+        dest="run_worker",
+        help="run no consumers here (runworker processes on Redis do)",
+    )
+    serve.add_argument(
+        "--http-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="seconds a routed http.request may wait for its response",
+    )
+    serve.add_argument(
+        "--websocket-handshake-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="seconds websocket.connect may take to answer",
+    )
+    serve.add_argument(
+        "--graceful-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="seconds in-flight requests and consumers get on stop",
+    )
     serve.add_argument("--quiet", action="store_true", help="no access log lines")
     return parser
 
@@ -99,10 +142,12 @@ def load_wsgi(target: str, pythonpath: list[str]):
         raise UsageError(
             f"cannot import WSGI module {module_name!r} ({error}): run from the project directory or pass "
             "--pythonpath"
-        )
+        ) from error
     application = getattr(module, attribute, None)
     if not callable(application):
-        raise UsageError(f"{module_name!r} has no WSGI application named {attribute!r}; name it as MODULE:ATTRIBUTE")
+        raise UsageError(
+            f"{module_name!r} has no WSGI application named {attribute!r}; name it as MODULE:ATTRIBUTE"
+        )
     return application
 
 
@@ -116,15 +161,16 @@ def serve(options) -> int:
     try:
         host, port = parse_bind(options.bind)
     except AddressError as error:
-        raise UsageError(str(error))
+        raise UsageError(str(error)) from error
     application = load_wsgi(options.wsgi, options.pythonpath)
     import django
     from django.apps import apps
     from django.conf import settings
 
     if not settings.configured:
-        raise UsageError("Django settings are not configured: pass --settings or set "
-                         "DJANGO_SETTINGS_MODULE")
+        raise UsageError(
+            "Django settings are not configured: pass --settings or set DJANGO_SETTINGS_MODULE"
+        )
     if not apps.ready:
         django.setup(set_prefix=False)
     if not options.quiet:
@@ -132,7 +178,7 @@ def serve(options) -> int:
     try:
         listener = bind(host, port)
     except AddressError as error:
-        raise UsageError(str(error))
+        raise UsageError(str(error)) from error
     overrides = {
         "HTTP_TIMEOUT": options.http_timeout,
         "WEBSOCKET_HANDSHAKE_TIMEOUT": options.websocket_handshake_timeout,
@@ -151,7 +197,7 @@ def serve(options) -> int:
         from django.core.exceptions import ImproperlyConfigured
 
         if isinstance(error, ImproperlyConfigured | ValueError):
-            raise UsageError(str(error))
+            raise UsageError(str(error)) from error
         raise
     from .layers.inmemory import InMemoryChannelLayer
 
@@ -171,6 +217,7 @@ def serve(options) -> int:
         flush=True,
     )
     graceful = runner.serve_until_stopped()
-    print("geventchannels stopped%s." % ("" if graceful else " (graceful stop cut short)"),
-          flush=True)
+    print(
+        "geventchannels stopped%s." % ("" if graceful else " (graceful stop cut short)"), flush=True
+    )
     return 0 if graceful else 1

@@ -157,7 +157,8 @@ class Worker(GeventPyWSGIWorker):
                 "geventchannels: %d gunicorn workers share the in-memory channel layer, which "
                 "lives inside one process: Group and Channel messages will not cross "
                 "workers. Configure geventchannels.layers.RedisChannelLayer in "
-                "CHANNEL_LAYERS, or run one worker.", self.cfg.workers,
+                "CHANNEL_LAYERS, or run one worker.",
+                self.cfg.workers,
             )
         return app
 
@@ -173,9 +174,14 @@ class Worker(GeventPyWSGIWorker):
             environ = base_environ(self.cfg)
             environ.update({"wsgi.multithread": True, "SERVER_SOFTWARE": VERSION})
             server = ChannelsWSGIServer(
-                listener, self.wsgi, channels_app=self.channels_app,
-                spawn=Pool(self.worker_connections), log=self.log,
-                handler_class=handler_class, environ=environ, **ssl_args,
+                listener,
+                self.wsgi,
+                channels_app=self.channels_app,
+                spawn=Pool(self.worker_connections),
+                log=self.log,
+                handler_class=handler_class,
+                environ=environ,
+                **ssl_args,
             )
             server.start()
             servers.append(server)

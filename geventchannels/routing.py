@@ -194,7 +194,7 @@ def _apply_filters(filters: tuple, content: dict, kwargs: dict, strip: bool) -> 
             return None
         kwargs.update(match.groupdict())
         if strip:
-            rest = value[match.end():]
+            rest = value[match.end() :]
             if type(original) is bytes and type(rest) is str:
                 rest = rest.encode("utf-8", "surrogateescape")
             elif type(original) is str and type(rest) is bytes:

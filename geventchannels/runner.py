@@ -27,9 +27,7 @@ from gevent.event import Event
 GOING_AWAY = 1001
 SERVICE_RESTART = 1012
 
-_ADDRESS_RE = re.compile(
-    r"^(?:(?P<host>\[[0-9a-fA-F:.]+\]|[a-zA-Z0-9.\-]+|\*)?:)?(?P<port>\d+)$"
-)
+_ADDRESS_RE = re.compile(r"^(?:(?P<host>\[[0-9a-fA-F:.]+\]|[a-zA-Z0-9.\-]+|\*)?:)?(?P<port>\d+)$")
 
 
 class AddressError(ValueError):
@@ -153,7 +151,9 @@ class Runner:
         self._close_code = close_code
         self._stop_requested.set()
 
-    def serve_until_stopped(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> bool:
+    def serve_until_stopped(
+        self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)
+    ) -> bool:
         """Start, wait for a stop request or one of ``signals``, then stop gracefully.
         Returns False when a second request cut the graceful stop short."""
         handlers = [gevent.signal_handler(signum, self.request_stop) for signum in signals]

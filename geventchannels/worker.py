@@ -107,8 +107,11 @@ class Worker:
         self._free = self.concurrency
         self._consumers = [gevent.spawn(self._consume) for _ in range(self.concurrency)]
         self._greenlets = [gevent.spawn(self._receive), *self._consumers]
-        logger.debug("consumer pool of %d greenlets listening on %s",
-                     self.concurrency, ", ".join(self.channels))
+        logger.debug(
+            "consumer pool of %d greenlets listening on %s",
+            self.concurrency,
+            ", ".join(self.channels),
+        )
         worker_ready.send(sender=self)
 
     def stop(self, timeout: float | None = None) -> None:
@@ -133,7 +136,9 @@ class Worker:
             if busy > 0:
                 logger.warning(
                     "%d consumers still running after %.1f s; stopping them (their messages "
-                    "are lost)", busy, timeout,
+                    "are lost)",
+                    busy,
+                    timeout,
                 )
             gevent.killall(running, block=True, timeout=5)
 
@@ -176,8 +181,12 @@ class Worker:
                     failures += 1
                     delay = min(5.0, 0.1 * 2**failures)
                     if failures == 1 or failures % 10 == 0:
-                        logger.error("receiving from the channel layer failed (%s: %s); "
-                                     "retrying in %.1f s", type(error).__name__, error, delay)
+                        logger.error(
+                            "receiving from the channel layer failed (%s: %s); retrying in %.1f s",
+                            type(error).__name__,
+                            error,
+                            delay,
+                        )
                     gevent.sleep(delay)
                     continue
                 failures = 0
@@ -226,8 +235,11 @@ class Worker:
                 if reply is not None:
                     waiting = busy.pop(reply)
                     if waiting:
-                        logger.warning("%d messages for %s were lost: the consumer pool was "
-                                       "killed", len(waiting), reply)
+                        logger.warning(
+                            "%d messages for %s were lost: the consumer pool was killed",
+                            len(waiting),
+                            reply,
+                        )
                 self._free += 1
                 if self._free == 1:
                     self._free_changed.set()
@@ -237,7 +249,10 @@ class Worker:
         as a full channel (WebSockets are closed with 1013, try again later)."""
         logger.warning(
             "message on %s dropped: %d messages of %s already wait for its consumer (the "
-            "channel's capacity)", channel, waiting, reply,
+            "channel's capacity)",
+            channel,
+            waiting,
+            reply,
         )
         if channel.startswith("websocket."):
             try:
@@ -253,8 +268,11 @@ class Worker:
             logger.exception("routing a message on %s failed; message ignored", channel)
             return
         if match is None:
-            logger.warning("no route matches the message on %s (keys: %s); ignored",
-                           channel, ", ".join(sorted(content)))
+            logger.warning(
+                "no route matches the message on %s (keys: %s); ignored",
+                channel,
+                ", ".join(sorted(content)),
+            )
             return
         consumer, kwargs = match
         message = Message(content, channel, self.channel_layer)
@@ -272,8 +290,9 @@ class Worker:
         except DenyConnection:
             self._deny(message, consumer)
         except Exception:
-            logger.exception("error in consumer %s handling a message on %s",
-                             self._name(consumer), channel)
+            logger.exception(
+                "error in consumer %s handling a message on %s", self._name(consumer), channel
+            )
         else:
             pending_sends.pop(current, None)
             if buffer:
@@ -283,8 +302,9 @@ class Worker:
             try:
                 send_consumer_finished(Worker)
             except Exception:
-                logger.exception("a consumer_finished receiver failed after %s",
-                                 self._name(consumer))
+                logger.exception(
+                    "a consumer_finished receiver failed after %s", self._name(consumer)
+                )
 
     # -- outcomes other than a normal return --------------------------------------
 
@@ -293,7 +313,9 @@ class Worker:
         if retries > self.consume_later_limit:
             logger.warning(
                 "message on %s dropped: its consumer raised ConsumeLater %d times "
-                "(CONSUME_LATER_LIMIT)", channel, retries - 1,
+                "(CONSUME_LATER_LIMIT)",
+                channel,
+                retries - 1,
             )
             return
         content[RETRIES_KEY] = retries
@@ -304,25 +326,36 @@ class Worker:
             except ChannelFull:
                 gevent.sleep(0.01 * (attempt + 1))
         else:
-            logger.warning("message on %s dropped: ConsumeLater could not put it back, the "
-                           "channel stayed full", channel)
+            logger.warning(
+                "message on %s dropped: ConsumeLater could not put it back, the "
+                "channel stayed full",
+                channel,
+            )
             return
         # Let other greenlets run before the message comes round again.
         gevent.sleep(0)
 
-    def _run_socket_exception(self, error: ChannelSocketException, message: Message,
-                              consumer: Any) -> None:
+    def _run_socket_exception(
+        self, error: ChannelSocketException, message: Message, consumer: Any
+    ) -> None:
         try:
             error.run(message)
         except Exception:
-            logger.exception("consumer %s raised %s on %s, and acting on it failed",
-                             self._name(consumer), type(error).__name__, message.channel_name)
+            logger.exception(
+                "consumer %s raised %s on %s, and acting on it failed",
+                self._name(consumer),
+                type(error).__name__,
+                message.channel_name,
+            )
 
     def _deny(self, message: Message, consumer: Any) -> None:
         if message.channel_name != "websocket.connect" or message.reply_channel is None:
-            logger.error("consumer %s raised DenyConnection on %s; it is only meaningful in "
-                         "a websocket.connect consumer", self._name(consumer),
-                         message.channel_name)
+            logger.error(
+                "consumer %s raised DenyConnection on %s; it is only meaningful in "
+                "a websocket.connect consumer",
+                self._name(consumer),
+                message.channel_name,
+            )
             return
         try:
             message.reply_channel.send({"close": True}, immediately=True)

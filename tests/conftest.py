@@ -39,7 +39,9 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 15.0) -> 
                 return
         except OSError:
             if time.monotonic() > deadline:
-                raise TimeoutError("nothing listens on %s:%d after %.0f s" % (host, port, timeout))
+                raise TimeoutError(
+                    "nothing listens on %s:%d after %.0f s" % (host, port, timeout)
+                ) from None
             time.sleep(0.05)
 
 
@@ -58,9 +60,24 @@ class RedisServer:
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="gc-redis-")
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir, "--loglevel", "warning", *extra_args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+                "--loglevel",
+                "warning",
+                *extra_args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_for_port(self.port)
 

@@ -66,10 +66,14 @@ def live_server(
         from django.core.wsgi import get_wsgi_application
 
         wsgi_app = get_wsgi_application()
-    wrapper = ChannelLayerWrapper(layer, "default", list(routing) if isinstance(
-        routing, tuple) else routing)
+    wrapper = ChannelLayerWrapper(
+        layer, "default", list(routing) if isinstance(routing, tuple) else routing
+    )
     app = ChannelsApplication(
-        wsgi_app, wrapper, overrides=settings_overrides, run_worker=run_worker,
+        wsgi_app,
+        wrapper,
+        overrides=settings_overrides,
+        run_worker=run_worker,
         worker_concurrency=worker_concurrency,
     )
     server = ChannelsWSGIServer(("127.0.0.1", 0), app)
@@ -92,10 +96,10 @@ def live_server(
 class Recorder:
     """A consumer that keeps what it receives, and a way to wait for it::
 
-        seen = Recorder()
-        route("websocket.disconnect", seen)
-        ...
-        seen.wait_for(lambda m: m["code"] == 4001)
+    seen = Recorder()
+    route("websocket.disconnect", seen)
+    ...
+    seen.wait_for(lambda m: m["code"] == 4001)
     """
 
     def __init__(self, reply: dict | None = None):

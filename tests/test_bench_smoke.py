@@ -16,16 +16,33 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKLOADS = ["http", "ws_echo", "broadcast", "longpoll"]
-MAIN_METRIC = {"http": "rps", "ws_echo": "rt_s", "broadcast": "deliveries_s", "longpoll": "answers_s"}
+MAIN_METRIC = {
+    "http": "rps",
+    "ws_echo": "rt_s",
+    "broadcast": "deliveries_s",
+    "longpoll": "answers_s",
+}
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(100)
 def test_quick_bench_measures_project_and_ceiling(tmp_path):
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--only", ",".join(WORKLOADS),
-         "--systems", "geventchannels,bare", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=90,
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--quick",
+            "--only",
+            ",".join(WORKLOADS),
+            "--systems",
+            "geventchannels,bare",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
 
@@ -37,8 +54,14 @@ def test_quick_bench_measures_project_and_ceiling(tmp_path):
             assert metrics[MAIN_METRIC[name]] > 0, (name, system, metrics)
         assert document["ratios"]["bare"] > 0
         assert document["machine"]["cores"] >= 1
-    assert json.loads((tmp_path / "broadcast.json").read_text())["systems"]["geventchannels"]["lost"] == 0
-    assert json.loads((tmp_path / "longpoll.json").read_text())["systems"]["geventchannels"]["lost"] == 0
+    assert (
+        json.loads((tmp_path / "broadcast.json").read_text())["systems"]["geventchannels"]["lost"]
+        == 0
+    )
+    assert (
+        json.loads((tmp_path / "longpoll.json").read_text())["systems"]["geventchannels"]["lost"]
+        == 0
+    )
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [d["workload"] for d in summary["workloads"]] == WORKLOADS
     assert "geventchannels (this project)" in (tmp_path / "tables.md").read_text()

@@ -133,10 +133,16 @@ def test_no_channel_layers_setting_gives_in_memory_default():
     assert wrapper.routing == []
 
 
-@override_settings(CHANNEL_LAYERS={"default": {
-    "BACKEND": "asgiref.inmemory.ChannelLayer", "ROUTING": [],
-    "CONFIG": {"capacity": 7}, "TEST_CONFIG": {"capacity": 3},
-}})
+@override_settings(
+    CHANNEL_LAYERS={
+        "default": {
+            "BACKEND": "asgiref.inmemory.ChannelLayer",
+            "ROUTING": [],
+            "CONFIG": {"capacity": 7},
+            "TEST_CONFIG": {"capacity": 3},
+        }
+    }
+)
 def test_channels1_backend_name_and_config():
     manager = ChannelLayerManager()
     layer = manager["default"].channel_layer
@@ -144,10 +150,15 @@ def test_channels1_backend_name_and_config():
     assert manager.make_test_backend("default").channel_layer.capacity == 3
 
 
-@override_settings(CHANNEL_LAYERS={"default": {
-    "BACKEND": "geventchannels.layers.InMemoryChannelLayer", "ROUTING": [],
-    "CONFIG": {"no_such_option": 1},
-}})
+@override_settings(
+    CHANNEL_LAYERS={
+        "default": {
+            "BACKEND": "geventchannels.layers.InMemoryChannelLayer",
+            "ROUTING": [],
+            "CONFIG": {"no_such_option": 1},
+        }
+    }
+)
 def test_bad_config_key_is_explained():
     with pytest.raises(ImproperlyConfigured, match="no_such_option"):
         ChannelLayerManager()["default"]

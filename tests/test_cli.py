@@ -23,20 +23,53 @@ from .runmodes.process import (
 
 def test_serve_options_parse():
     options = build_parser().parse_args(
-        ["serve", "proj.wsgi:app", "-b", "[::1]:9000", "--settings", "proj.settings",
-         "--workers-concurrency", "20", "--noworker", "--http-timeout", "30",
-         "--websocket-handshake-timeout", "4", "--graceful-timeout", "2"]
+        [
+            "serve",
+            "proj.wsgi:app",
+            "-b",
+            "[::1]:9000",
+            "--settings",
+            "proj.settings",
+            "--workers-concurrency",
+            "20",
+            "--noworker",
+            "--http-timeout",
+            "30",
+            "--websocket-handshake-timeout",
+            "4",
+            "--graceful-timeout",
+            "2",
+        ]
     )
-    assert (options.wsgi, options.bind, options.settings) == ("proj.wsgi:app", "[::1]:9000", "proj.settings")
+    assert (options.wsgi, options.bind, options.settings) == (
+        "proj.wsgi:app",
+        "[::1]:9000",
+        "proj.settings",
+    )
     assert (options.workers_concurrency, options.run_worker) == (20, False)
-    assert (options.http_timeout, options.websocket_handshake_timeout, options.graceful_timeout) == (30, 4, 2)
+    assert (
+        options.http_timeout,
+        options.websocket_handshake_timeout,
+        options.graceful_timeout,
+    ) == (30, 4, 2)
 
 
 @pytest.mark.timeout(60)
 def test_python_m_geventchannels_serve_answers_patched_and_stops_on_sigint():
     port = free_port()
-    command = [PYTHON, "-m", "geventchannels", "serve", "rmproject.wsgi", "--bind", str(port),
-               "--settings", "rmproject.settings", "--workers-concurrency", "4"]
+    command = [
+        PYTHON,
+        "-m",
+        "geventchannels",
+        "serve",
+        "rmproject.wsgi",
+        "--bind",
+        str(port),
+        "--settings",
+        "rmproject.settings",
+        "--workers-concurrency",
+        "4",
+    ]
     with ServerProcess(command, port) as server:
         server.wait_listening()
         info = http_json(port, "/patched/")
@@ -72,11 +105,26 @@ def test_runworker_consumes_from_redis_for_a_server_without_consumers(redis_url)
 
     env = {"RM_REDIS_URL": redis_url}
     port = free_port()
-    serve = [str(BIN / "geventchannels"), "serve", "rmproject.wsgi", "--bind", str(port),
-             "--noworker"]
+    serve = [
+        str(BIN / "geventchannels"),
+        "serve",
+        "rmproject.wsgi",
+        "--bind",
+        str(port),
+        "--noworker",
+    ]
     # Through the bootstrap: manage.py's own re-exec is covered by the runserver tests.
-    runworker = [PYTHON, "-m", bootstrap.MODULE, "manage.py", "runworker",
-                 "--exclude-channels", "rm.other", "--concurrency", "5"]
+    runworker = [
+        PYTHON,
+        "-m",
+        bootstrap.MODULE,
+        "manage.py",
+        "runworker",
+        "--exclude-channels",
+        "rm.other",
+        "--concurrency",
+        "5",
+    ]
     with ServerProcess(serve, port, env) as server, ServerProcess(runworker, None, env) as worker:
         server.wait_listening()
         worker.wait_output("Running 5 consumer greenlets")
@@ -91,7 +139,10 @@ def test_runworker_consumes_from_redis_for_a_server_without_consumers(redis_url)
             channel, reply = layer.receive(["rm.replies"], block=True, timeout=20)
             assert (channel, reply) == ("rm.replies", {"pid": worker.pid, "value": 42})
             # The excluded channel was never consumed.
-            assert layer.receive(["rm.other"]) == ("rm.other", {"reply_to": "rm.replies", "value": 1})
+            assert layer.receive(["rm.other"]) == (
+                "rm.other",
+                {"reply_to": "rm.replies", "value": 1},
+            )
         finally:
             layer.close()
         assert worker.stop() == 0

@@ -40,9 +40,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def demo_environment(db_path: Path, redis_url: str | None) -> dict[str, str]:
     """The environment of a plain `make demo` run, with the database in ``db_path``."""
-    environ = {
-        k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DEMO_"))
-    }
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DEMO_"))}
     environ.update(
         DEMO_DB_PATH=str(db_path),
         PYTHONUNBUFFERED="1",
@@ -63,22 +61,31 @@ def demo_url(request) -> Iterator[str]:
     manage = [sys.executable, str(DEMO_DIR / "manage.py")]
     subprocess.run(
         [*manage, "migrate", "--noinput", "-v", "0"],
-        cwd=DEMO_DIR, env=environ, check=True, timeout=60,
-        stdin=subprocess.DEVNULL, capture_output=True,
+        cwd=DEMO_DIR,
+        env=environ,
+        check=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
     )
     port = free_port()
     log_path = workdir / "runserver.log"
     with log_path.open("wb") as log:
         server = subprocess.Popen(
             [*manage, "runserver", "--noreload", "127.0.0.1:%d" % port],
-            cwd=DEMO_DIR, env=environ, stdin=subprocess.DEVNULL, stdout=log,
+            cwd=DEMO_DIR,
+            env=environ,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
             stderr=subprocess.STDOUT,
         )
     try:
         try:
             wait_for_port(port, timeout=20)
         except TimeoutError:
-            raise AssertionError("the demo did not start; its output:\n" + log_path.read_text())
+            raise AssertionError(
+                "the demo did not start; its output:\n" + log_path.read_text()
+            ) from None
         yield "http://127.0.0.1:%d/" % port
     finally:
         server.kill()
@@ -91,8 +98,7 @@ def browser():
     """Headless Debian Chromium under Playwright (never Playwright's downloaded browsers)."""
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(
-            f"{CHROMIUM} is missing: run `make system-deps` as root "
-            "(or apt-get install chromium)"
+            f"{CHROMIUM} is missing: run `make system-deps` as root (or apt-get install chromium)"
         )
     try:
         from playwright.sync_api import sync_playwright
@@ -130,9 +136,7 @@ def test_a_message_typed_in_one_browser_appears_in_both(browser, demo_url, tmp_p
     alice.get_by_role("button", name="Send").click()
 
     for page in (alice, bob):
-        expect(page.locator("#log div.message")).to_have_text(
-            ["hello from alice"], timeout=WAIT_MS
-        )
+        expect(page.locator("#log div.message")).to_have_text(["hello from alice"], timeout=WAIT_MS)
     expect(alice.locator("#text")).to_have_value("")
 
     bob.fill("#text", "hi alice")

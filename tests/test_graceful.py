@@ -31,9 +31,17 @@ def serve(port: int) -> list[str]:
 
 
 def gunicorn(port: int) -> list[str]:
-    return [str(BIN / "gunicorn"), "-k", "geventchannels.gunicorn.Worker", "-b",
-            f"127.0.0.1:{port}", "--no-control-socket", "--graceful-timeout", "5",
-            "rmproject.wsgi"]
+    return [
+        str(BIN / "gunicorn"),
+        "-k",
+        "geventchannels.gunicorn.Worker",
+        "-b",
+        f"127.0.0.1:{port}",
+        "--no-control-socket",
+        "--graceful-timeout",
+        "5",
+        "rmproject.wsgi",
+    ]
 
 
 @pytest.mark.timeout(60)

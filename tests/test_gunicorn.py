@@ -27,9 +27,16 @@ IN_MEMORY_WARNING = "Group and Channel messages will not cross workers"
 
 def gunicorn(port: int, *options: str) -> list[str]:
     return [
-        str(BIN / "gunicorn"), "-k", "geventchannels.gunicorn.Worker",
-        "-b", f"127.0.0.1:{port}", "--no-control-socket", "--graceful-timeout", "5",
-        *options, "rmproject.wsgi",
+        str(BIN / "gunicorn"),
+        "-k",
+        "geventchannels.gunicorn.Worker",
+        "-b",
+        f"127.0.0.1:{port}",
+        "--no-control-socket",
+        "--graceful-timeout",
+        "5",
+        *options,
+        "rmproject.wsgi",
     ]
 
 

@@ -11,10 +11,13 @@ from .test_gunicorn import gunicorn
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("options, logged", [
-    (("--access-logfile", "-"), True),
-    ((), False),
-])
+@pytest.mark.parametrize(
+    "options, logged",
+    [
+        (("--access-logfile", "-"), True),
+        ((), False),
+    ],
+)
 def test_access_log_follows_gunicorns_setting(options, logged):
     port = free_port()
     with ServerProcess(gunicorn(port, "-w", "1", *options), port) as server:

@@ -24,8 +24,12 @@ def run_fresh(code: str) -> subprocess.CompletedProcess:
     """Run ``code`` in a new, unpatched interpreter from the project root."""
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.project.settings", PYTHONPATH=str(ROOT))
     return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=env,
-        capture_output=True, text=True, timeout=50,
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=50,
     )
 
 
@@ -155,4 +159,3 @@ def test_check_e001_when_serving_unpatched():
     assert lines[0] == "idle []"
     assert lines[1] == "serving ['geventchannels.E001']"
     assert "geventchannels.monkey.patch()" in lines[2]
-

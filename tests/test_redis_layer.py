@@ -562,10 +562,18 @@ def test_cluster():
     nodes = []
     try:
         for _ in range(3):
-            nodes.append(RedisServer(extra_args=[
-                "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
-                "--cluster-config-file", "nodes.conf",
-            ]))
+            nodes.append(
+                RedisServer(
+                    extra_args=[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-port",
+                        str(free_port()),
+                        "--cluster-config-file",
+                        "nodes.conf",
+                    ]
+                )
+            )
         ports = [node.port for node in nodes]
         subprocess.run(
             [

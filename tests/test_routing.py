@@ -59,8 +59,12 @@ def msg(channel, **content):
 
 
 def test_plain_route_and_dotted_consumer():
-    router = Router([route("test.one", "tests.test_routing.consumer_a"),
-                     route(["test.two", "test.three"], consumer_b)])
+    router = Router(
+        [
+            route("test.one", "tests.test_routing.consumer_a"),
+            route(["test.two", "test.three"], consumer_b),
+        ]
+    )
     assert router.match(msg("test.one")) == (consumer_a, {})
     assert router.match(msg("test.two")) == (consumer_b, {})
     assert router.match(msg("test.three")) == (consumer_b, {})
@@ -69,20 +73,23 @@ def test_plain_route_and_dotted_consumer():
 
 
 def test_filters_named_groups_become_kwargs():
-    router = Router([
-        route("websocket.receive", consumer_a, path=r"^/chat/(?P<room>[^/]+)/$"),
-        route("websocket.receive", consumer_b, path=r"^/news/$"),
-    ])
+    router = Router(
+        [
+            route("websocket.receive", consumer_a, path=r"^/chat/(?P<room>[^/]+)/$"),
+            route("websocket.receive", consumer_b, path=r"^/news/$"),
+        ]
+    )
     assert router.match(msg("websocket.receive", path="/chat/lobby/")) == (
-        consumer_a, {"room": "lobby"})
+        consumer_a,
+        {"room": "lobby"},
+    )
     assert router.match(msg("websocket.receive", path="/news/")) == (consumer_b, {})
     # No user route matches: the default no-op consumer takes it.
     assert router.match(msg("websocket.receive", path="/other/")) == (null_consumer, {})
 
 
 def test_filter_on_missing_key_does_not_match():
-    router = Router([route("test.one", consumer_a, path=r"^/x/$"),
-                     route("test.one", consumer_b)])
+    router = Router([route("test.one", consumer_a, path=r"^/x/$"), route("test.one", consumer_b)])
     assert router.match(msg("test.one")) == (consumer_b, {})
     assert router.match(msg("test.one", path="/x/")) == (consumer_a, {})
 
@@ -111,15 +118,18 @@ def test_bad_consumer_and_filter_values():
 
 
 def test_bytes_values_and_patterns():
-    router = Router([
-        route("http.request", consumer_a, query_string=r"^room=(?P<room>\w+)"),
-        route("http.request", consumer_b, query_string=rb"^id=(?P<id>\d+)"),
-        route("http.request", consumer_c, path=re.compile(rb"^/bin/$")),
-    ])
+    router = Router(
+        [
+            route("http.request", consumer_a, query_string=r"^room=(?P<room>\w+)"),
+            route("http.request", consumer_b, query_string=rb"^id=(?P<id>\d+)"),
+            route("http.request", consumer_c, path=re.compile(rb"^/bin/$")),
+        ]
+    )
     assert router.match(msg("http.request", query_string=b"room=lobby&x=1")) == (
-        consumer_a, {"room": "lobby"})
-    assert router.match(msg("http.request", query_string=b"id=42")) == (
-        consumer_b, {"id": b"42"})
+        consumer_a,
+        {"room": "lobby"},
+    )
+    assert router.match(msg("http.request", query_string=b"id=42")) == (consumer_b, {"id": b"42"})
     assert router.match(msg("http.request", path="/bin/")) == (consumer_c, {})
     assert router.match(msg("http.request", query_string=b"\xff\xfe")) is None
 
@@ -134,26 +144,36 @@ def test_non_string_values():
 def test_include_strips_matched_prefix():
     router = Router([include(inner_routes, path=r"^/chat")])
     assert router.match(msg("websocket.connect", path="/chat/lobby/")) == (
-        consumer_b, {"room": "lobby"})
+        consumer_b,
+        {"room": "lobby"},
+    )
     # Without the prefix the inner route does not match: the default accept does.
     assert router.match(msg("websocket.connect", path="/lobby/")) == (connect_consumer, {})
     assert router.match(msg("websocket.receive", path="/chat/lobby/", order="7")) == (
-        consumer_c, {"room": "lobby", "n": "7"})
+        consumer_c,
+        {"room": "lobby", "n": "7"},
+    )
 
 
 def test_include_dotted_path_kwargs_merge_inner_wins():
-    router = Router([
-        include("tests.test_routing.inner_routes", path=r"^/(?P<room>[a-z]+)/(?P<site>[a-z]+)"),
-    ])
+    router = Router(
+        [
+            include("tests.test_routing.inner_routes", path=r"^/(?P<room>[a-z]+)/(?P<site>[a-z]+)"),
+        ]
+    )
     assert router.match(msg("websocket.connect", path="/outer/main/inner/")) == (
-        consumer_b, {"room": "inner", "site": "main"})
+        consumer_b,
+        {"room": "inner", "site": "main"},
+    )
 
 
 def test_include_strips_bytes_values():
     inner = [route("http.request", consumer_a, query_string=r"^&rest=(?P<rest>\w+)$")]
     router = Router([include(inner, query_string=rb"^a=1")])
     assert router.match(msg("http.request", query_string=b"a=1&rest=yes")) == (
-        consumer_a, {"rest": "yes"})
+        consumer_a,
+        {"rest": "yes"},
+    )
 
 
 def test_nested_includes():
@@ -165,9 +185,13 @@ def test_nested_includes():
 
 
 def test_route_order_is_kept():
-    router = Router([route("test.one", consumer_a, path=r"^/a"),
-                     route("test.one", consumer_b),
-                     route("test.one", consumer_c)])
+    router = Router(
+        [
+            route("test.one", consumer_a, path=r"^/a"),
+            route("test.one", consumer_b),
+            route("test.one", consumer_c),
+        ]
+    )
     assert router.match(msg("test.one", path="/b")) == (consumer_b, {})
     assert router.match(msg("test.one", path="/abc")) == (consumer_a, {})
 
@@ -216,17 +240,23 @@ def test_user_routes_come_before_defaults():
 
 def test_route_and_include_match_directly():
     assert route("test.one", consumer_a, path=r"^/(?P<x>\w)").match(msg("test.one", path="/q")) == (
-        consumer_a, {"x": "q"})
+        consumer_a,
+        {"x": "q"},
+    )
     assert route("test.one", consumer_a).match(msg("test.two")) is None
     assert include(inner_routes, path=r"^/c").match(msg("websocket.connect", path="/c/ab/")) == (
-        consumer_b, {"room": "ab"})
+        consumer_b,
+        {"room": "ab"},
+    )
 
 
 def test_filter_keys_names_what_the_routes_of_a_channel_filter_on():
-    router = Router([
-        route("http.request", lambda message: None, path=r"^/poll/"),
-        route("http.request", lambda message: None, method=r"^POST$"),
-        route("websocket.receive", lambda message: None, text=r"^x"),
-    ])
+    router = Router(
+        [
+            route("http.request", lambda message: None, path=r"^/poll/"),
+            route("http.request", lambda message: None, method=r"^POST$"),
+            route("websocket.receive", lambda message: None, text=r"^x"),
+        ]
+    )
     assert router.filter_keys("http.request") == {"path", "method"}
     assert router.filter_keys("websocket.connect") == set()

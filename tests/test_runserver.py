@@ -75,10 +75,24 @@ def test_runserver_accepts_its_own_options():
     command = Command()
     parser = command.create_parser("manage.py", "runserver")
     options = parser.parse_args(
-        ["--noreload", "--nothreading", "--noworker", "--insecure", "--nostatic",
-         "--http_timeout", "7", "--websocket_handshake_timeout", "3", "8001"]
+        [
+            "--noreload",
+            "--nothreading",
+            "--noworker",
+            "--insecure",
+            "--nostatic",
+            "--http_timeout",
+            "7",
+            "--websocket_handshake_timeout",
+            "3",
+            "8001",
+        ]
     )
-    assert (options.use_reloader, options.use_threading, options.run_worker) == (False, False, False)
+    assert (options.use_reloader, options.use_threading, options.run_worker) == (
+        False,
+        False,
+        False,
+    )
     assert (options.insecure_serving, options.use_static_handler) == (True, False)
     assert (options.http_timeout, options.websocket_handshake_timeout) == (7.0, 3.0)
 
@@ -132,12 +146,18 @@ def test_bind_listens_on_ipv6_loopback():
 @pytest.mark.parametrize(
     "original, patched",
     [
-        (["py", "manage.py", "runserver"],
-         ["py", "-m", bootstrap.MODULE, "manage.py", "runserver"]),
-        (["py", "-Wd", "-Xdev", "manage.py", "runserver", "-6"],
-         ["py", "-Wd", "-Xdev", "-m", bootstrap.MODULE, "manage.py", "runserver", "-6"]),
-        (["py", "-m", "django", "runserver"],
-         ["py", "-m", bootstrap.MODULE, "-m", "django", "runserver"]),
+        (
+            ["py", "manage.py", "runserver"],
+            ["py", "-m", bootstrap.MODULE, "manage.py", "runserver"],
+        ),
+        (
+            ["py", "-Wd", "-Xdev", "manage.py", "runserver", "-6"],
+            ["py", "-Wd", "-Xdev", "-m", bootstrap.MODULE, "manage.py", "runserver", "-6"],
+        ),
+        (
+            ["py", "-m", "django", "runserver"],
+            ["py", "-m", bootstrap.MODULE, "-m", "django", "runserver"],
+        ),
         (["py", "-m", bootstrap.MODULE, "manage.py"], ["py", "-m", bootstrap.MODULE, "manage.py"]),
     ],
 )
@@ -156,7 +176,9 @@ def test_the_bootstrap_patches_before_the_program_imports_anything(tmp_path):
 
     result = subprocess.run(
         [sys.executable, "-m", bootstrap.MODULE, str(script), "a", "--b"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "True False ['a', '--b']"
@@ -219,8 +241,16 @@ def test_runserver_noreload_without_debug_serves_no_static_files_but_insecure_do
     port = free_port()
     # staticfiles listed before geventchannels: runserver is still ours (WebSockets work).
     # Started patched already (as `python -m gevent.monkey manage.py ...` would): no re-exec.
-    command = [PYTHON, "-m", bootstrap.MODULE, "manage.py", "runserver", str(port), "--noreload",
-               "--insecure"]
+    command = [
+        PYTHON,
+        "-m",
+        bootstrap.MODULE,
+        "manage.py",
+        "runserver",
+        str(port),
+        "--noreload",
+        "--insecure",
+    ]
     with ServerProcess(command, port, {"RM_STATICFILES_FIRST": "1"}) as server:
         server.wait_listening()
         assert http_get(port, "/static/hello.txt") == (200, b"static file content\n")
@@ -236,8 +266,11 @@ def test_runserver_noreload_without_debug_serves_no_static_files_but_insecure_do
     [
         (("runserver", "not-a-port"), {}, "is not a valid port number"),
         (("runserver", "{port}"), {}, "already in use"),
-        (("runserver", "0"), {"RM_ROUTING": "rmproject.missing.channel_routing"},
-         "cannot load the routing of channel layer 'default'"),
+        (
+            ("runserver", "0"),
+            {"RM_ROUTING": "rmproject.missing.channel_routing"},
+            "cannot load the routing of channel layer 'default'",
+        ),
         (("runserver", "0", "--noworker"), {}, "is in-memory and cannot be shared"),
     ],
 )

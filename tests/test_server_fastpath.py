@@ -15,8 +15,15 @@ from tests.livesrv import live_server
 
 pytestmark = pytest.mark.timeout(20)
 
-ENVIRON_KEYS = ("REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "SERVER_PROTOCOL",
-                "CONTENT_TYPE", "CONTENT_LENGTH", "REMOTE_ADDR")
+ENVIRON_KEYS = (
+    "REQUEST_METHOD",
+    "PATH_INFO",
+    "QUERY_STRING",
+    "SERVER_PROTOCOL",
+    "CONTENT_TYPE",
+    "CONTENT_LENGTH",
+    "REMOTE_ADDR",
+)
 BIG = b"x" * 200_000
 
 
@@ -46,8 +53,9 @@ class Site:
         shown["headers"] = {k: v for k, v in environ.items() if k.startswith("HTTP_")}
         shown["body"] = body.decode("latin-1")
         data = json.dumps(shown).encode()
-        start_response("200 OK", [("Content-Type", "application/json"),
-                                  ("Content-Length", str(len(data)))])
+        start_response(
+            "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+        )
         return [data]
 
 
@@ -79,13 +87,16 @@ def get_json(server, head: bytes) -> dict:
 
 
 def test_environ_from_the_request_head(server):
-    shown = get_json(server, (
-        b"POST /a%20b/?x=1&y=%20 HTTP/1.1\r\nHost: example.test\r\n"
-        b"Content-Type: text/plain\r\nContent-Length: 3\r\n"
-        b"X-Dup: one\r\nx-dup: two\r\nCookie: a=1\r\nCookie: b=2\r\n"
-        b"X-Folded: first\r\n  second\r\nX_Underscore: dropped\r\n"
-        b"Connection: close\r\n\r\nabc"
-    ))
+    shown = get_json(
+        server,
+        (
+            b"POST /a%20b/?x=1&y=%20 HTTP/1.1\r\nHost: example.test\r\n"
+            b"Content-Type: text/plain\r\nContent-Length: 3\r\n"
+            b"X-Dup: one\r\nx-dup: two\r\nCookie: a=1\r\nCookie: b=2\r\n"
+            b"X-Folded: first\r\n  second\r\nX_Underscore: dropped\r\n"
+            b"Connection: close\r\n\r\nabc"
+        ),
+    )
     assert shown["REQUEST_METHOD"] == "POST"
     assert shown["PATH_INFO"] == "/a b/"
     assert shown["QUERY_STRING"] == "x=1&y=%20"
@@ -103,25 +114,31 @@ def test_environ_from_the_request_head(server):
 
 
 def test_chunked_upload_ignores_a_content_length(server):
-    shown = get_json(server, (
-        b"POST /up/ HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 99\r\n"
-        b"Connection: close\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
-    ))
+    shown = get_json(
+        server,
+        (
+            b"POST /up/ HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 99\r\n"
+            b"Connection: close\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+        ),
+    )
     assert shown["body"] == "abcde"
     assert shown["CONTENT_LENGTH"] is None
 
 
-@pytest.mark.parametrize("head", [
-    b"GET / HTTP/1.1\r\nHost : h\r\n\r\n",
-    b"GET / HTTP/1.1\r\nno colon here\r\n\r\n",
-    b"GET / HTTP/1.1\r\n folded first\r\n\r\n",
-    b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-    b"GET / HTTP/1.1\r\nContent-Length: five\r\n\r\n",
-    b"GET / HTTP/3.0\r\n\r\n",
-    b"GET / HTTP/1.1 extra\r\n\r\n",
-    b"GET / HTTP/1.1\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n",
-    b"GET / HTTP/1.1\r\n" + b"X-Many: 1\r\n" * (MAX_HEADERS + 1) + b"\r\n",
-])
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET / HTTP/1.1\r\nHost : h\r\n\r\n",
+        b"GET / HTTP/1.1\r\nno colon here\r\n\r\n",
+        b"GET / HTTP/1.1\r\n folded first\r\n\r\n",
+        b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nContent-Length: five\r\n\r\n",
+        b"GET / HTTP/3.0\r\n\r\n",
+        b"GET / HTTP/1.1 extra\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n",
+        b"GET / HTTP/1.1\r\n" + b"X-Many: 1\r\n" * (MAX_HEADERS + 1) + b"\r\n",
+    ],
+)
 def test_malformed_heads_get_400_and_never_reach_the_application(server, site, head):
     served = len(site.served)
     answer = raw_exchange(server, head)
@@ -173,8 +190,10 @@ def test_a_busy_keep_alive_connection_lets_the_others_take_turns(server, site):
     """Twenty pipelined requests on one connection; a request on a second connection
     arrives while the first of them runs. It is answered after one or two of them, not
     after all twenty."""
-    with socket.create_connection((server.host, server.port), timeout=5) as busy, \
-            socket.create_connection((server.host, server.port), timeout=5) as other:
+    with (
+        socket.create_connection((server.host, server.port), timeout=5) as busy,
+        socket.create_connection((server.host, server.port), timeout=5) as other,
+    ):
 
         def on_request(path):
             if path == "/turn/0/":
@@ -183,8 +202,9 @@ def test_a_busy_keep_alive_connection_lets_the_others_take_turns(server, site):
         site.served.clear()
         site.on_request = on_request
         try:
-            busy.sendall(b"".join(
-                b"GET /turn/%d/ HTTP/1.1\r\nHost: h\r\n\r\n" % i for i in range(20)))
+            busy.sendall(
+                b"".join(b"GET /turn/%d/ HTTP/1.1\r\nHost: h\r\n\r\n" % i for i in range(20))
+            )
             answer = b""
             while b'"PATH_INFO": "/other/"' not in answer:
                 answer += other.recv(65536)

@@ -23,15 +23,23 @@ pytestmark = pytest.mark.timeout(30)
 
 
 def answer(message) -> None:
-    message.reply_channel.send({
-        "status": 201,
-        "headers": [[b"X-Routed", b"yes"], [b"Content-Type", b"text/plain"]],
-        "content": b"routed " + message["body"],
-    })
+    message.reply_channel.send(
+        {
+            "status": 201,
+            "headers": [[b"X-Routed", b"yes"], [b"Content-Type", b"text/plain"]],
+            "content": b"routed " + message["body"],
+        }
+    )
 
 
-def request(server, method: str, path: str, body: bytes | None = None,
-            headers: dict | None = None, timeout: float = 5) -> tuple[int, dict, bytes]:
+def request(
+    server,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict | None = None,
+    timeout: float = 5,
+) -> tuple[int, dict, bytes]:
     conn = http.client.HTTPConnection(server.host, server.port, timeout=timeout)
     try:
         conn.request(method, path, body=body, headers=headers or {})
@@ -164,8 +172,14 @@ def test_chunks_with_more_content_are_streamed_as_they_come(server):
     conn = http.client.HTTPConnection(server.host, server.port, timeout=5)
     conn.request("GET", "/poll/stream")
     reply = Channel(server.parked.wait_count(before + 1)[before]["reply_channel"])
-    reply.send({"status": 200, "headers": [[b"Content-Type", b"text/plain"]],
-                "content": b"first;", "more_content": True})
+    reply.send(
+        {
+            "status": 200,
+            "headers": [[b"Content-Type", b"text/plain"]],
+            "content": b"first;",
+            "more_content": True,
+        }
+    )
     response = conn.getresponse()
     assert response.status == 200
     assert response.getheader("Transfer-Encoding") == "chunked"
@@ -209,8 +223,9 @@ def test_stalled_stream_is_cut_off_not_completed():
 
 def test_full_http_request_channel_is_503():
     layer = InMemoryChannelLayer(channel_capacity={"http.request": 1})
-    with live_server([route("http.request", answer)], layer=layer, run_worker=False,
-                     HTTP_TIMEOUT=3) as srv:
+    with live_server(
+        [route("http.request", answer)], layer=layer, run_worker=False, HTTP_TIMEOUT=3
+    ) as srv:
         first = gevent.spawn(request, srv, "GET", "/a/")
         deadline = gevent.get_hub().loop.now() + 5
         while layer.channel_statistics("http.request")["messages_pending"] < 1:
@@ -231,8 +246,9 @@ def test_a_burst_into_a_full_http_request_channel_waits_for_room():
     """Twelve requests at once into a channel that holds one: each waits its turn for
     room (up to REQUEST_PATIENCE) instead of being answered 503."""
     layer = InMemoryChannelLayer(channel_capacity={"http.request": 1})
-    with live_server([route("http.request", slow_answer)], layer=layer,
-                     worker_concurrency=1) as srv:
+    with live_server(
+        [route("http.request", slow_answer)], layer=layer, worker_concurrency=1
+    ) as srv:
         burst = [gevent.spawn(request, srv, "POST", "/burst/", b"%d" % i) for i in range(12)]
         gevent.joinall(burst, timeout=20, raise_error=True)
         assert sorted(g.value[0] for g in burst) == [201] * 12
@@ -240,21 +256,31 @@ def test_a_burst_into_a_full_http_request_channel_waits_for_room():
 
 
 def test_routed_body_over_django_limit_is_413():
-    with override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=1000), \
-            live_server([route("http.request", answer)]) as srv:
+    with (
+        override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=1000),
+        live_server([route("http.request", answer)]) as srv,
+    ):
         assert request(srv, "POST", "/x/", body=b"y" * 1000)[0] == 201
         assert request(srv, "POST", "/x/", body=b"y" * 1001)[0] == 413
         conn = http.client.HTTPConnection(srv.host, srv.port, timeout=5)
-        conn.request("POST", "/x/", body=iter([b"z" * 600, b"z" * 600]), encode_chunked=True,
-                     headers={"Transfer-Encoding": "chunked"})
+        conn.request(
+            "POST",
+            "/x/",
+            body=iter([b"z" * 600, b"z" * 600]),
+            encode_chunked=True,
+            headers={"Transfer-Encoding": "chunked"},
+        )
         assert conn.getresponse().status == 413
         conn.close()
 
 
 def test_proxy_headers_are_used_only_when_enabled():
     seen = Recorder(reply={"status": 204})
-    headers = {"X-Forwarded-For": "10.1.2.3, 10.0.0.1", "X-Forwarded-Proto": "https",
-               "X-Forwarded-Port": "8443"}
+    headers = {
+        "X-Forwarded-For": "10.1.2.3, 10.0.0.1",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Port": "8443",
+    }
     with live_server([route("http.request", seen, path=r"^/$")]) as srv:
         request(srv, "GET", "/", headers=headers)
         plain = seen.wait_count(1)[0]
@@ -270,8 +296,10 @@ def test_proxy_headers_are_used_only_when_enabled():
 
 def test_root_path_comes_from_force_script_name():
     seen = Recorder(reply={"status": 204})
-    with override_settings(FORCE_SCRIPT_NAME="/prefix"), \
-            live_server([route("http.request", seen)]) as srv:
+    with (
+        override_settings(FORCE_SCRIPT_NAME="/prefix"),
+        live_server([route("http.request", seen)]) as srv,
+    ):
         request(srv, "GET", "/x/")
     assert seen.wait_for()["root_path"] == "/prefix"
 
@@ -299,6 +327,8 @@ def test_access_log_line_for_http(server, caplog):
         request(server, "GET", "/hello/?a=1")
         request(server, "POST", "/routed/", body=b"")
     lines = [r.getMessage() for r in caplog.records if r.name == "geventchannels.server.access"]
-    assert any(re.fullmatch(r"HTTP GET /hello/\?a=1 200 \[\d+\.\d\d, 127\.0\.0\.1:\d+\]", line)
-               for line in lines), lines
+    assert any(
+        re.fullmatch(r"HTTP GET /hello/\?a=1 200 \[\d+\.\d\d, 127\.0\.0\.1:\d+\]", line)
+        for line in lines
+    ), lines
     assert any(line.startswith("HTTP POST /routed/ 201 [") for line in lines), lines

@@ -46,7 +46,7 @@ def close_frame_code(ws: websocket.WebSocket) -> int:
 
 
 def send_fragmented(ws: websocket.WebSocket, data: bytes, size: int) -> None:
-    pieces = [data[i:i + size] for i in range(0, len(data), size)]
+    pieces = [data[i : i + size] for i in range(0, len(data), size)]
     for index, piece in enumerate(pieces):
         opcode = ABNF.OPCODE_BINARY if index == 0 else ABNF.OPCODE_CONT
         ws.send_frame(ABNF.create_frame(piece, opcode, fin=int(index == len(pieces) - 1)))
@@ -55,8 +55,11 @@ def send_fragmented(ws: websocket.WebSocket, data: bytes, size: int) -> None:
 @pytest.fixture(scope="module")
 def sized_server():
     ended = Recorder()
-    with live_server([route("websocket.receive", echo), route("websocket.disconnect", ended)],
-                     WEBSOCKET_MAX_MESSAGE_SIZE=1000, WEBSOCKET_MAX_FRAME_SIZE=400) as srv:
+    with live_server(
+        [route("websocket.receive", echo), route("websocket.disconnect", ended)],
+        WEBSOCKET_MAX_MESSAGE_SIZE=1000,
+        WEBSOCKET_MAX_FRAME_SIZE=400,
+    ) as srv:
         srv.ended = ended
         yield srv
 
@@ -99,8 +102,10 @@ def flood(message) -> None:
 
 def test_client_that_stops_reading_is_dropped_with_1008():
     ended = Recorder()
-    with live_server([route("websocket.receive", flood), route("websocket.disconnect", ended)],
-                     WEBSOCKET_OUTBOUND_QUEUE=8) as srv:
+    with live_server(
+        [route("websocket.receive", flood), route("websocket.disconnect", ended)],
+        WEBSOCKET_OUTBOUND_QUEUE=8,
+    ) as srv:
         ws = connect(srv, "/slow/", sockopt=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)])
         started = time.monotonic()
         ws.send("go")  # and never read again
@@ -112,8 +117,11 @@ def test_client_that_stops_reading_is_dropped_with_1008():
 
 def test_silent_client_is_pinged_then_closed_1011():
     ended = Recorder()
-    with live_server([route("websocket.disconnect", ended)],
-                     WEBSOCKET_PING_INTERVAL=0.2, WEBSOCKET_PING_TIMEOUT=0.3) as srv:
+    with live_server(
+        [route("websocket.disconnect", ended)],
+        WEBSOCKET_PING_INTERVAL=0.2,
+        WEBSOCKET_PING_TIMEOUT=0.3,
+    ) as srv:
         ws = connect(srv, "/mute/")  # never reads, so never answers the ping
         started = time.monotonic()
         assert ended.wait_for(timeout=5)["code"] == 1011
@@ -131,8 +139,11 @@ def test_silent_client_is_pinged_then_closed_1011():
 
 def test_client_answering_pings_stays_connected():
     ended = Recorder()
-    with live_server([route("websocket.receive", echo), route("websocket.disconnect", ended)],
-                     WEBSOCKET_PING_INTERVAL=0.1, WEBSOCKET_PING_TIMEOUT=0.3) as srv:
+    with live_server(
+        [route("websocket.receive", echo), route("websocket.disconnect", ended)],
+        WEBSOCKET_PING_INTERVAL=0.1,
+        WEBSOCKET_PING_TIMEOUT=0.3,
+    ) as srv:
         ws = connect(srv, "/alive/")
         pings = 0
         while pings < 6:  # 0.6 s of pings, each answered: longer than the ping timeout
@@ -183,8 +194,7 @@ def test_receive_channel_that_stays_full_closes_1013():
 
 def test_a_fast_sender_is_slowed_down_not_dropped():
     layer = InMemoryChannelLayer(channel_capacity={"websocket.receive": 4})
-    with live_server([route("websocket.receive", echo)], layer=layer,
-                     worker_concurrency=2) as srv:
+    with live_server([route("websocket.receive", echo)], layer=layer, worker_concurrency=2) as srv:
         ws = connect(srv)
         for index in range(300):
             ws.send(f"m{index}")
@@ -208,8 +218,9 @@ def slow_accept(message) -> None:
 
 def test_a_burst_of_handshakes_waits_for_room_in_the_connect_channel():
     layer = InMemoryChannelLayer(channel_capacity={"websocket.connect": 2})
-    with live_server([route("websocket.connect", slow_accept)], layer=layer,
-                     worker_concurrency=1) as srv:
+    with live_server(
+        [route("websocket.connect", slow_accept)], layer=layer, worker_concurrency=1
+    ) as srv:
         opening = [gevent.spawn(connect, srv, f"/burst/{index}/") for index in range(8)]
         gevent.joinall(opening, timeout=10, raise_error=True)
         sockets = [greenlet.value for greenlet in opening]
@@ -247,8 +258,11 @@ def test_disconnects_that_find_no_room_are_logged_as_one_counted_line(monkeypatc
             ws.close()
         deadline = time.monotonic() + 10
         while True:
-            lines = [r.getMessage() for r in caplog.records
-                     if "websocket.disconnect of" in r.getMessage()]
+            lines = [
+                r.getMessage()
+                for r in caplog.records
+                if "websocket.disconnect of" in r.getMessage()
+            ]
             counts = [int(re.search(r"of (\d+) WebSocket", line).group(1)) for line in lines]
             if sum(counts) >= 5:
                 break

@@ -119,8 +119,7 @@ def test_unanswered_handshake_times_out_with_403(server):
 
 
 def test_connect_message_has_the_asgi_keys(server):
-    ws = connect(server, "/recorded/?room=1&x=%20",
-                 header=["X-Dup: one", "X-Dup: two"])
+    ws = connect(server, "/recorded/?room=1&x=%20", header=["X-Dup: one", "X-Dup: two"])
     ws.close()
     message = server.connects.wait_for()
     assert message["path"] == "/recorded/"
@@ -157,8 +156,9 @@ def test_consumer_close_code_reaches_the_client(server):
 def test_order_keys_count_from_connect_to_disconnect():
     received = Recorder()
     ended = Recorder()
-    with live_server([route("websocket.receive", received),
-                      route("websocket.disconnect", ended)]) as srv:
+    with live_server(
+        [route("websocket.receive", received), route("websocket.disconnect", ended)]
+    ) as srv:
         ws = connect(srv, "/order/")
         for index in range(10):
             ws.send(str(index))
@@ -230,16 +230,23 @@ def test_access_log_lines(server, caplog):
         server.disconnects.wait_for(lambda m: m["path"] == "/echo/")
         deadline = gevent.get_hub().loop.now() + 5
         while True:
-            lines = [r.getMessage() for r in caplog.records
-                     if r.name == "geventchannels.server.access"]
+            lines = [
+                r.getMessage() for r in caplog.records if r.name == "geventchannels.server.access"
+            ]
             if any(line.startswith("WebSocket DISCONNECT /echo/ [127.0.0.1:") for line in lines):
                 break
             assert gevent.get_hub().loop.now() < deadline, lines
             gevent.sleep(0.01)
-    for event in ("HANDSHAKING /echo/", "CONNECT /echo/", "HANDSHAKING /refuse/",
-                  "REJECT /refuse/"):
+    for event in (
+        "HANDSHAKING /echo/",
+        "CONNECT /echo/",
+        "HANDSHAKING /refuse/",
+        "REJECT /refuse/",
+    ):
         assert any(line.startswith("WebSocket " + event + " [127.0.0.1:") for line in lines), (
-            event, lines)
+            event,
+            lines,
+        )
 
 
 def test_frames_sent_right_behind_the_handshake_are_not_lost(server):
@@ -248,12 +255,17 @@ def test_frames_sent_right_behind_the_handshake_are_not_lost(server):
     key = base64.b64encode(os.urandom(16)).decode()
     payload = b"early bird"
     mask = os.urandom(4)
-    frame = bytes([0x81, 0x80 | len(payload)]) + mask + bytes(
-        byte ^ mask[i % 4] for i, byte in enumerate(payload))
+    frame = (
+        bytes([0x81, 0x80 | len(payload)])
+        + mask
+        + bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+    )
     with socket.create_connection((server.host, server.port), timeout=5) as sock:
         sock.sendall(
-            ("GET /early/ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-             "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % key).encode()
+            (
+                "GET /early/ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % key
+            ).encode()
             + frame
         )
         received = b""
@@ -265,8 +277,13 @@ def test_frames_sent_right_behind_the_handshake_are_not_lost(server):
     assert received.endswith(bytes([0x81, len(payload)]) + payload)
 
 
-def _client_frame(opcode: int, payload: bytes, fin: bool = True, long_length: bool = False,
-                  rng: random.Random | None = None) -> bytes:
+def _client_frame(
+    opcode: int,
+    payload: bytes,
+    fin: bool = True,
+    long_length: bool = False,
+    rng: random.Random | None = None,
+) -> bytes:
     """A masked client frame; ``long_length`` encodes a short length in 16 bits (legal
     on the wire, not the shortest form)."""
     mask = bytes((rng or random).getrandbits(8) for _ in range(4))
@@ -297,8 +314,9 @@ def test_frame_engine_shortcut_parses_like_websockets(seed):
         size = rng.choice([0, 1, 5, 125, 126, 200, 1000, 70000])
         payload = bytes(rng.getrandbits(8) for _ in range(size))
         if kind < 0.5:
-            stream += _client_frame(rng.choice([1, 2]), payload, rng=rng,
-                                    long_length=rng.random() < 0.1 and size < 126)
+            stream += _client_frame(
+                rng.choice([1, 2]), payload, rng=rng, long_length=rng.random() < 0.1 and size < 126
+            )
         elif kind < 0.7:
             stream += _client_frame(9, payload[:100], rng=rng)  # ping
         elif kind < 0.9:
@@ -313,7 +331,7 @@ def test_frame_engine_shortcut_parses_like_websockets(seed):
     position = 0
     while position < len(stream):
         step = rng.choice([1, 2, 7, 100, 4096, len(stream)])
-        chunk = stream[position:position + step]
+        chunk = stream[position : position + step]
         position += step
         for engine, events in ((ours, ours_events), (reference, reference_events)):
             engine.receive_data(chunk)
@@ -331,14 +349,19 @@ def test_frame_engine_shortcut_never_starts_inside_a_frame(long_length):
 
     inner = _client_frame(1, b"evil")
     length = len(inner)
-    header = (bytes((0x82, 0x80 | 126)) + struct.pack("!H", length) if long_length
-              else bytes((0x82, 0x80 | length)))
+    header = (
+        bytes((0x82, 0x80 | 126)) + struct.pack("!H", length)
+        if long_length
+        else bytes((0x82, 0x80 | length))
+    )
     engine = FrameEngine(None, None)
     engine.receive_data(header + b"\0\0\0\0")
     engine.receive_data(inner)
     engine.receive_data(_client_frame(1, b"after"))
     assert [(f.opcode, bytes(f.data)) for f in engine.events_received()] == [
-        (2, inner), (1, b"after")]
+        (2, inner),
+        (1, b"after"),
+    ]
 
 
 def join_room(message) -> None:

@@ -56,10 +56,13 @@ def test_dispatch_with_kwargs_and_reply():
 
     routes = [route("websocket.receive", chat, path=r"^/chat/(?P<room>\w+)/$")]
     with Pool(routes, concurrency=4) as pool:
-        pool.layer.send("websocket.receive",
-                        {"path": "/chat/lobby/", "text": "hi", "reply_channel": "reply.1"})
+        pool.layer.send(
+            "websocket.receive", {"path": "/chat/lobby/", "text": "hi", "reply_channel": "reply.1"}
+        )
         assert pool.layer.receive(["reply.1"], block=True, timeout=5) == (
-            "reply.1", {"text": "echo hi"})
+            "reply.1",
+            {"text": "echo hi"},
+        )
     assert seen == [("websocket.receive", "lobby", "hi")]
 
 
@@ -67,7 +70,9 @@ def test_default_routes_accept_websocket():
     with Pool([], concurrency=1) as pool:
         pool.layer.send("websocket.connect", {"path": "/", "reply_channel": "reply.2"})
         assert pool.layer.receive(["reply.2"], block=True, timeout=5) == (
-            "reply.2", {"accept": True})
+            "reply.2",
+            {"accept": True},
+        )
 
 
 def test_channel_filters():
@@ -128,7 +133,8 @@ def test_exception_is_logged_and_pool_keeps_running(caplog):
     record = next(r for r in caplog.records if r.name == "geventchannels.worker")
     assert record.levelno == logging.ERROR and record.exc_info[0] is KeyError
     assert "tests.test_worker.test_exception_is_logged_and_pool_keeps_running.<locals>.fragile" in (
-        record.getMessage())
+        record.getMessage()
+    )
     assert "test.fragile" in record.getMessage()
 
 
@@ -188,8 +194,12 @@ def test_signals_fire_around_each_consumer():
         consumer_started.disconnect(started)
         consumer_finished.disconnect(finished)
         worker_ready.disconnect(ready)
-    assert events == [("ready", pool.worker), ("started", Worker), ("consumer", 1),
-                      ("finished", Worker)]
+    assert events == [
+        ("ready", pool.worker),
+        ("started", Worker),
+        ("consumer", 1),
+        ("finished", Worker),
+    ]
 
 
 @pytest.mark.timeout(20)
@@ -217,7 +227,8 @@ def test_ordering_per_reply_channel_under_concurrency():
         wait_for(lambda: sum(map(len, seen.values())) == sockets * per_socket, timeout=15)
     assert overlaps == []
     assert {reply: order for reply, order in seen.items()} == {
-        f"r.{socket}": list(range(per_socket)) for socket in range(sockets)}
+        f"r.{socket}": list(range(per_socket)) for socket in range(sockets)
+    }
 
 
 def test_unordered_dispatch_runs_one_socket_concurrently():
@@ -366,8 +377,10 @@ def test_acceptance_100k_messages_50_greenlets_none_lost_or_duplicated():
     assert len(seen) == total
     assert len(set(seen)) == total
     assert out_of_order == []
-    print(f"\n{total} messages through 50 consumer greenlets in {elapsed:.2f} s "
-          f"({total / elapsed:.0f} msg/s)")
+    print(
+        f"\n{total} messages through 50 consumer greenlets in {elapsed:.2f} s "
+        f"({total / elapsed:.0f} msg/s)"
+    )
 
 
 def test_consumer_can_stop_its_own_pool():

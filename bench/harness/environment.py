@@ -37,8 +37,12 @@ def apt_install(*packages: str) -> None:
     say("installing {} with apt-get".format(" ".join(packages)))
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(["apt-get", "install", "-y", "-qq", *packages], check=True, env=env,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", *packages],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def anchors_python() -> Path:
@@ -63,7 +67,9 @@ def node_loadgen() -> list[str]:
     node = shutil.which("node")
     if node is None:
         if not _can_apt():
-            raise RuntimeError("node is not on PATH: install Node.js 18+ (apt-get install nodejs npm)")
+            raise RuntimeError(
+                "node is not on PATH: install Node.js 18+ (apt-get install nodejs npm)"
+            )
         apt_install("nodejs", "npm")
         node = shutil.which("node")
     if not (LOADGEN / "node_modules" / "ws").is_dir():
@@ -71,8 +77,12 @@ def node_loadgen() -> list[str]:
         if npm is None:
             raise RuntimeError("npm is not on PATH: install it (apt-get install npm)")
         say(f"installing the load generator's npm packages in {LOADGEN}")
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=LOADGEN,
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=LOADGEN,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     return [node, str(LOADGEN / "loadgen.js")]
 
 
@@ -150,12 +160,29 @@ def machine(anchors: Path | None, wrk_path: str | None) -> dict:
         "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "node": _first_line(["node", "--version"]),
         "wrk": _first_line([wrk_path, "--version"]) if wrk_path else None,
-        "redis": _first_line(["redis-server", "--version"]) if shutil.which("redis-server") else None,
-        "project": _versions(MAIN_PYTHON, ["geventchannels", "django", "gevent", "greenlet",
-                                          "gunicorn", "websockets", "redis"]),
+        "redis": _first_line(["redis-server", "--version"])
+        if shutil.which("redis-server")
+        else None,
+        "project": _versions(
+            MAIN_PYTHON,
+            ["geventchannels", "django", "gevent", "greenlet", "gunicorn", "websockets", "redis"],
+        ),
     }
     if anchors is not None:
-        info["anchors"] = _versions(anchors, ["django", "gunicorn", "gevent", "channels",
-                                              "channels-redis", "daphne", "uvicorn", "twisted",
-                                              "uvloop", "httptools", "websockets"])
+        info["anchors"] = _versions(
+            anchors,
+            [
+                "django",
+                "gunicorn",
+                "gevent",
+                "channels",
+                "channels-redis",
+                "daphne",
+                "uvicorn",
+                "twisted",
+                "uvloop",
+                "httptools",
+                "websockets",
+            ],
+        )
     return info

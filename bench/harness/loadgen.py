@@ -48,15 +48,18 @@ class Node:
 
     def _start(self, mode: str, config: dict, stdin=subprocess.DEVNULL) -> subprocess.Popen:
         command = procs.pinned([*self.command, mode, json.dumps(config)], self.cpus)
-        return procs.start(command, self.logs / (f"loadgen-{mode}.log"), stdin=stdin,
-                           stdout=subprocess.PIPE)
+        return procs.start(
+            command, self.logs / (f"loadgen-{mode}.log"), stdin=stdin, stdout=subprocess.PIPE
+        )
 
     def run(self, mode: str, config: dict, timeout: float) -> dict:
         process = self._start(mode, config)
         try:
             out, _ = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise LoadgenError(f"the {mode} load generator did not finish in {timeout:.0f} s")
+            raise LoadgenError(
+                f"the {mode} load generator did not finish in {timeout:.0f} s"
+            ) from None
         finally:
             procs.stop(process, grace=1.0)
         return self._result(mode, process, out)
@@ -64,7 +67,11 @@ class Node:
     def _result(self, mode: str, process: subprocess.Popen, out: bytes) -> dict:
         lines = [line for line in out.decode().splitlines() if line.startswith("{")]
         if process.returncode != 0 or not lines:
-            raise LoadgenError("the {} load generator failed (exit {}); see {}".format(mode, process.returncode, self.logs / (f"loadgen-{mode}.log")))
+            raise LoadgenError(
+                "the {} load generator failed (exit {}); see {}".format(
+                    mode, process.returncode, self.logs / (f"loadgen-{mode}.log")
+                )
+            )
         return json.loads(lines[-1])
 
     def idle(self, config: dict, timeout: float, while_open) -> dict:
@@ -104,11 +111,23 @@ def _ms(text: str) -> float:
     return round(float(number) * _UNITS[unit], 3)
 
 
-def wrk(binary: str, url: str, connections: int, seconds: float, cpus: str | None,
-        logs: Path) -> dict:
+def wrk(
+    binary: str, url: str, connections: int, seconds: float, cpus: str | None, logs: Path
+) -> dict:
     """Closed-loop keep-alive HTTP load with wrk; returns req/s, p50/p99 and errors."""
-    command = procs.pinned([binary, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-                            "--latency", "--timeout", "10s", url], cpus)
+    command = procs.pinned(
+        [
+            binary,
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--latency",
+            "--timeout",
+            "10s",
+            url,
+        ],
+        cpus,
+    )
     process = procs.start(command, logs / "wrk.log", stdout=subprocess.PIPE)
     try:
         out, _ = process.communicate(timeout=seconds + 30)

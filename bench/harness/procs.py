@@ -26,7 +26,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_port(port: int, process: subprocess.Popen | None = None, timeout: float = 30.0) -> None:
+def wait_for_port(
+    port: int, process: subprocess.Popen | None = None, timeout: float = 30.0
+) -> None:
     """Return once 127.0.0.1:port accepts; fail early if ``process`` died meanwhile."""
     deadline = time.monotonic() + timeout
     while True:
@@ -35,9 +37,13 @@ def wait_for_port(port: int, process: subprocess.Popen | None = None, timeout: f
                 return
         except OSError:
             if process is not None and process.poll() is not None:
-                raise RuntimeError(f"the server exited with code {process.returncode} before listening")
+                raise RuntimeError(
+                    f"the server exited with code {process.returncode} before listening"
+                ) from None
             if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+                raise TimeoutError(
+                    f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s"
+                ) from None
             time.sleep(0.05)
 
 
@@ -48,14 +54,24 @@ def pinned(command: list[str], cpus: str | None) -> list[str]:
     return command
 
 
-def start(command: list[str], log: Path, env: dict | None = None, cwd: Path | None = None,
-          stdin: int | None = subprocess.DEVNULL, stdout: int | None = None) -> subprocess.Popen:
+def start(
+    command: list[str],
+    log: Path,
+    env: dict | None = None,
+    cwd: Path | None = None,
+    stdin: int | None = subprocess.DEVNULL,
+    stdout: int | None = None,
+) -> subprocess.Popen:
     """Start ``command`` in a new process group, output to ``log``; remembered for stop_all()."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as log_file:
         process = subprocess.Popen(
-            command, cwd=cwd, env=env, stdin=stdin,
-            stdout=stdout if stdout is not None else log_file, stderr=log_file,
+            command,
+            cwd=cwd,
+            env=env,
+            stdin=stdin,
+            stdout=stdout if stdout is not None else log_file,
+            stderr=log_file,
             start_new_session=True,
         )
     _running.append(process)

@@ -21,9 +21,23 @@ def profiler(py_spy: Path, out: Path, logs: Path):
         if server.system != PROJECT or workload not in PROFILED:
             return None
         raw = out / (f"profile-{workload}.txt")
-        process = procs.start([str(py_spy), "record", "--pid", str(server.serving_pid()),
-                               "--format", "raw", "--output", str(raw), "--rate", "250",
-                               "--nonblocking", "--nolineno"], logs / "py-spy.log")
+        process = procs.start(
+            [
+                str(py_spy),
+                "record",
+                "--pid",
+                str(server.serving_pid()),
+                "--format",
+                "raw",
+                "--output",
+                str(raw),
+                "--rate",
+                "250",
+                "--nonblocking",
+                "--nolineno",
+            ],
+            logs / "py-spy.log",
+        )
 
         def stop() -> None:
             try:

@@ -44,22 +44,32 @@ def table_rows(workload, results: dict) -> tuple[list[str], list[list[str]]]:
             rows.append([label, "failed (see below)"] + [""] * (len(header) - 2))
             continue
         r = ratio(workload, results.get(PROJECT), metrics)
-        rows.append([label, *[_cell(metrics.get(key)) for key, _ in workload.columns],
-                     "1.00" if name == PROJECT and r else _cell(r)])
+        rows.append(
+            [
+                label,
+                *[_cell(metrics.get(key)) for key, _ in workload.columns],
+                "1.00" if name == PROJECT and r else _cell(r),
+            ]
+        )
     return header, rows
 
 
 def errors(results: dict) -> list[str]:
     """One line per failed system: what went wrong, for under the table."""
-    return ["{}: {}".format(name, " / ".join(m["error"].strip().splitlines()[-3:])[:400])
-            for name, m in results.items() if "error" in m]
+    return [
+        "{}: {}".format(name, " / ".join(m["error"].strip().splitlines()[-3:])[:400])
+        for name, m in results.items()
+        if "error" in m
+    ]
 
 
 def text_table(workload, results: dict) -> str:
     header, rows = table_rows(workload, results)
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
-             "  ".join("-" * w for w in widths)]
+    lines = [
+        "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
+        "  ".join("-" * w for w in widths),
+    ]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     lines += ["  " + line for line in errors(results)]
     return "\n".join(lines)
@@ -79,8 +89,9 @@ def params_line(params: dict) -> str:
     return ", ".join("{}={}".format(*item) for item in params.items())
 
 
-def write_workload(out: Path, workload, params: dict, results: dict, machine: dict,
-                   stamp: str) -> dict:
+def write_workload(
+    out: Path, workload, params: dict, results: dict, machine: dict, stamp: str
+) -> dict:
     document = {
         "workload": workload.name,
         "title": workload.title,
@@ -90,8 +101,11 @@ def write_workload(out: Path, workload, params: dict, results: dict, machine: di
         "timestamp": stamp,
         "machine": machine,
         "systems": results,
-        "ratios": {name: ratio(workload, results.get(PROJECT), metrics)
-                   for name, metrics in results.items() if name != PROJECT},
+        "ratios": {
+            name: ratio(workload, results.get(PROJECT), metrics)
+            for name, metrics in results.items()
+            if name != PROJECT
+        },
     }
     _write_json(out / (f"{workload.name}.json"), document)
     return document
@@ -104,18 +118,34 @@ def _write_json(path: Path, document: dict) -> None:
     temporary.replace(path)
 
 
-def write_summary(out: Path, documents: list[dict], machine: dict, stamp: str, settings: dict,
-                  workloads_by_name: dict) -> Path:
-    _write_json(out / "summary.json", {"timestamp": stamp, "machine": machine, "settings": settings,
-                                       "workloads": documents})
+def write_summary(
+    out: Path,
+    documents: list[dict],
+    machine: dict,
+    stamp: str,
+    settings: dict,
+    workloads_by_name: dict,
+) -> Path:
+    _write_json(
+        out / "summary.json",
+        {"timestamp": stamp, "machine": machine, "settings": settings, "workloads": documents},
+    )
     return write_tables(out, documents, machine, stamp, settings, workloads_by_name)
 
 
-def write_tables(out: Path, documents: list[dict], machine: dict, stamp: str, settings: dict,
-                 workloads_by_name: dict) -> Path:
+def write_tables(
+    out: Path,
+    documents: list[dict],
+    machine: dict,
+    stamp: str,
+    settings: dict,
+    workloads_by_name: dict,
+) -> Path:
     """tables.md: the machine, the settings and one Markdown table per workload."""
-    parts = [f"Run of {stamp}.\n\n- Machine: {machine_line(machine)}\n"
-             f"- Versions: {versions_line(machine)}\n- {settings_line(settings)}"]
+    parts = [
+        f"Run of {stamp}.\n\n- Machine: {machine_line(machine)}\n"
+        f"- Versions: {versions_line(machine)}\n- {settings_line(settings)}"
+    ]
     for document in documents:
         workload = workloads_by_name[document["workload"]]
         table = markdown_table(workload, document["systems"])
@@ -126,11 +156,13 @@ def write_tables(out: Path, documents: list[dict], machine: dict, stamp: str, se
 
 
 def machine_line(machine: dict) -> str:
-    return (f"{machine['cores']} cores ({machine['cpu']}), {machine['memory_gb']} GB, "
-            f"Linux {machine['kernel']}, Python {machine['python']}, Node {machine['node']}, "
-            f"{_short(machine.get('wrk'), 'wrk')}, {_short(machine.get('redis'), 'redis')}; "
-            f"load average (1/5/15 min) {machine.get('loadavg_start')} at start, "
-            f"{machine.get('loadavg_end')} at end")
+    return (
+        f"{machine['cores']} cores ({machine['cpu']}), {machine['memory_gb']} GB, "
+        f"Linux {machine['kernel']}, Python {machine['python']}, Node {machine['node']}, "
+        f"{_short(machine.get('wrk'), 'wrk')}, {_short(machine.get('redis'), 'redis')}; "
+        f"load average (1/5/15 min) {machine.get('loadavg_start')} at start, "
+        f"{machine.get('loadavg_end')} at end"
+    )
 
 
 def _short(version_line: str | None, name: str) -> str:
@@ -150,15 +182,21 @@ def versions_line(machine: dict) -> str:
 
 
 def settings_line(settings: dict) -> str:
-    return (f"Server pinned to CPU {settings.get('server_cpus') or 'any'}, load generator to CPU "
-            f"{settings.get('client_cpus') or 'any'}; geventchannels served by "
-            f"{settings.get('project_runner')}; load from {settings.get('loadgen')}.")
+    return (
+        f"Server pinned to CPU {settings.get('server_cpus') or 'any'}, load generator to CPU "
+        f"{settings.get('client_cpus') or 'any'}; geventchannels served by "
+        f"{settings.get('project_runner')}; load from {settings.get('loadgen')}."
+    )
 
 
 def plot(python: Path, out: Path, script: Path) -> str | None:
     """Draw ratios.png with ``python`` (it needs matplotlib); the reason if it could not."""
-    done = subprocess.run([str(python), str(script), str(out / "summary.json"),
-                           str(out / "ratios.png")], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(python), str(script), str(out / "summary.json"), str(out / "ratios.png")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if done.returncode != 0:
         lines = (done.stderr or done.stdout or "plot.py failed").strip().splitlines()
         return lines[-1]
@@ -173,6 +211,7 @@ def update_docs(docs: Path, tables: Path) -> None:
     if DOCS_START not in text or DOCS_END not in text:
         return
     block = f"{DOCS_START}\n{tables.read_text().strip()}\n{DOCS_END}"
-    text = re.sub(re.escape(DOCS_START) + ".*?" + re.escape(DOCS_END), lambda _: block, text,
-                  flags=re.S)
+    text = re.sub(
+        re.escape(DOCS_START) + ".*?" + re.escape(DOCS_END), lambda _: block, text, flags=re.S
+    )
     docs.write_text(text)

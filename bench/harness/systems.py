@@ -28,17 +28,35 @@ class System:
 SYSTEMS = {
     s.name: s
     for s in [
-        System(PROJECT, "geventchannels (this project)", False,
-               frozenset({"http", "http_db", "ws_echo", "broadcast", "broadcast_redis", "idle",
-                          "longpoll"})),
+        System(
+            PROJECT,
+            "geventchannels (this project)",
+            False,
+            frozenset(
+                {"http", "http_db", "ws_echo", "broadcast", "broadcast_redis", "idle", "longpoll"}
+            ),
+        ),
         System("django-gevent", "Django, gunicorn -k gevent", True, frozenset({"http", "http_db"})),
-        System("daphne", "Channels 4, daphne", True,
-               frozenset({"http", "http_db", "ws_echo", "broadcast", "broadcast_redis", "idle",
-                          "longpoll"})),
-        System("uvicorn", "Channels 4, uvicorn", True,
-               frozenset({"http", "http_db", "ws_echo", "broadcast", "idle"})),
-        System("bare", "bare gevent (ceiling)", False,
-               frozenset({"http", "ws_echo", "broadcast", "idle", "longpoll"})),
+        System(
+            "daphne",
+            "Channels 4, daphne",
+            True,
+            frozenset(
+                {"http", "http_db", "ws_echo", "broadcast", "broadcast_redis", "idle", "longpoll"}
+            ),
+        ),
+        System(
+            "uvicorn",
+            "Channels 4, uvicorn",
+            True,
+            frozenset({"http", "http_db", "ws_echo", "broadcast", "idle"}),
+        ),
+        System(
+            "bare",
+            "bare gevent (ceiling)",
+            False,
+            frozenset({"http", "ws_echo", "broadcast", "idle", "longpoll"}),
+        ),
     ]
 }
 
@@ -50,7 +68,9 @@ def project_runner() -> str:
         return "gunicorn"
     if (package / "cli.py").exists():
         return "serve"
-    raise RuntimeError("geventchannels has neither gunicorn.py nor cli.py yet: nothing can serve it")
+    raise RuntimeError(
+        "geventchannels has neither gunicorn.py nor cli.py yet: nothing can serve it"
+    )
 
 
 def _command(system: str, port: int, anchors: Path | None) -> list[str]:
@@ -58,9 +78,22 @@ def _command(system: str, port: int, anchors: Path | None) -> list[str]:
     main = str(environment.MAIN_PYTHON)
     if system == PROJECT:
         if project_runner() == "gunicorn":
-            return [main, "-m", "gunicorn", "-k", "geventchannels.gunicorn.Worker", "-w", "1",
-                    "--worker-connections", "20000", "--backlog", "4096", "-b", bind,
-                    "benchsite.wsgi:application"]
+            return [
+                main,
+                "-m",
+                "gunicorn",
+                "-k",
+                "geventchannels.gunicorn.Worker",
+                "-w",
+                "1",
+                "--worker-connections",
+                "20000",
+                "--backlog",
+                "4096",
+                "-b",
+                bind,
+                "benchsite.wsgi:application",
+            ]
         script = environment.MAIN_PYTHON.parent / "geventchannels"
         return [str(script), "serve", "benchsite.wsgi", "--bind", bind]
     if system == "bare":
@@ -69,28 +102,69 @@ def _command(system: str, port: int, anchors: Path | None) -> list[str]:
         raise RuntimeError(f"{system} needs the anchors' virtualenv")
     bin_dir = anchors.parent
     if system == "django-gevent":
-        return [str(anchors), "-m", "gunicorn", "-k", "gevent", "-w", "1",
-                "--worker-connections", "20000", "--backlog", "4096", "-b", bind,
-                "benchsite.wsgi:application"]
+        return [
+            str(anchors),
+            "-m",
+            "gunicorn",
+            "-k",
+            "gevent",
+            "-w",
+            "1",
+            "--worker-connections",
+            "20000",
+            "--backlog",
+            "4096",
+            "-b",
+            bind,
+            "benchsite.wsgi:application",
+        ]
     if system == "daphne":
-        return [str(bin_dir / "daphne"), "-v", "0", "-b", "127.0.0.1", "-p", str(port),
-                "benchsite.asgi:application"]
+        return [
+            str(bin_dir / "daphne"),
+            "-v",
+            "0",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "benchsite.asgi:application",
+        ]
     if system == "uvicorn":
-        return [str(bin_dir / "uvicorn"), "benchsite.asgi:application", "--host", "127.0.0.1",
-                "--port", str(port), "--no-access-log", "--log-level", "warning",
-                "--backlog", "4096"]
+        return [
+            str(bin_dir / "uvicorn"),
+            "benchsite.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--backlog",
+            "4096",
+        ]
     raise ValueError(f"unknown system {system!r}")
 
 
 def _stack(system: str) -> str:
-    return {PROJECT: "geventchannels", "daphne": "channels4", "uvicorn": "channels4"}.get(system, "django")
+    return {PROJECT: "geventchannels", "daphne": "channels4", "uvicorn": "channels4"}.get(
+        system, "django"
+    )
 
 
 class Server:
     """One running server process of ``system``."""
 
-    def __init__(self, system: str, logs: Path, anchors: Path | None, database: Path,
-                 cpus: str | None = None, layer: str = "memory", redis_url: str = "") -> None:
+    def __init__(
+        self,
+        system: str,
+        logs: Path,
+        anchors: Path | None,
+        database: Path,
+        cpus: str | None = None,
+        layer: str = "memory",
+        redis_url: str = "",
+    ) -> None:
         self.system = system
         self.port = procs.free_port()
         self.log = logs / f"{system}-{self.port}.log"
@@ -134,7 +208,9 @@ class Server:
                         return
             except OSError as error:
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{self.system} did not answer /hello/ ({error}); see {self.log}")
+                    raise RuntimeError(
+                        f"{self.system} did not answer /hello/ ({error}); see {self.log}"
+                    ) from error
             time.sleep(0.1)
 
     def url(self, path: str, scheme: str = "http") -> str:

@@ -68,13 +68,29 @@ class Context:
         """A private redis-server on a free port, started on first use, flushed for every use."""
         if self._redis is None:
             if self.redis_binary is None:
-                raise RuntimeError("redis-server is not on PATH: install it (apt-get install redis-server)")
+                raise RuntimeError(
+                    "redis-server is not on PATH: install it (apt-get install redis-server)"
+                )
             port = procs.free_port()
             workdir = tempfile.mkdtemp(prefix="bench-redis-")
             self._redis = procs.start(
-                [self.redis_binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--dir", workdir, "--loglevel", "warning"],
-                self.logs / "redis.log")
+                [
+                    self.redis_binary,
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    workdir,
+                    "--loglevel",
+                    "warning",
+                ],
+                self.logs / "redis.log",
+            )
             procs.wait_for_port(port, self._redis)
             self._redis_url = f"redis://127.0.0.1:{port}/0"
         cli = shutil.which("redis-cli")
@@ -102,19 +118,43 @@ def _http(ctx: Context, system: str, path: str, size: dict) -> dict:
     with ctx.server(system) as server:
         url = server.url(path)
         if ctx.wrk:
-            wrk(ctx.wrk, url, size["connections"], max(1, size["warmup"]), ctx.client_cpus, ctx.logs)
-            result = _measured(ctx, server, "http", lambda: wrk(
-                ctx.wrk, url, size["connections"], size["seconds"], ctx.client_cpus, ctx.logs))
+            wrk(
+                ctx.wrk, url, size["connections"], max(1, size["warmup"]), ctx.client_cpus, ctx.logs
+            )
+            result = _measured(
+                ctx,
+                server,
+                "http",
+                lambda: wrk(
+                    ctx.wrk, url, size["connections"], size["seconds"], ctx.client_cpus, ctx.logs
+                ),
+            )
             result["loadgen"] = "wrk"
             return result
-        config = {"url": url, "connections": size["connections"], "workers": 2,
-                  "duration_s": size["seconds"], "warmup_s": size["warmup"]}
-        out = _measured(ctx, server, "http", lambda: ctx.loadgen().run(
-            "http", config, timeout=size["seconds"] + size["warmup"] + 60))
+        config = {
+            "url": url,
+            "connections": size["connections"],
+            "workers": 2,
+            "duration_s": size["seconds"],
+            "warmup_s": size["warmup"],
+        }
+        out = _measured(
+            ctx,
+            server,
+            "http",
+            lambda: ctx.loadgen().run(
+                "http", config, timeout=size["seconds"] + size["warmup"] + 60
+            ),
+        )
         ok = sum(v for k, v in out["statuses"].items() if k.startswith("2"))
-        return {"rps": round(out["count"] / out["seconds"], 1), **latency_ms(out["hist"]),
-                "non_2xx": out["count"] - ok, "errors": out["errors"], "loadgen": "node",
-                "server_cpu_pct": out["server_cpu_pct"]}
+        return {
+            "rps": round(out["count"] / out["seconds"], 1),
+            **latency_ms(out["hist"]),
+            "non_2xx": out["count"] - ok,
+            "errors": out["errors"],
+            "loadgen": "node",
+            "server_cpu_pct": out["server_cpu_pct"],
+        }
 
 
 def http_hello(ctx: Context, system: str) -> dict:
@@ -128,14 +168,30 @@ def http_db(ctx: Context, system: str) -> dict:
 def ws_echo(ctx: Context, system: str) -> dict:
     size = ctx.sizes["ws_echo"]
     with ctx.server(system) as server:
-        config = {"url": server.url("/echo/", "ws"), "connections": size["connections"],
-                  "workers": 2, "duration_s": size["seconds"], "warmup_s": size["warmup"],
-                  "payload": 32}
-        out = _measured(ctx, server, "ws_echo", lambda: ctx.loadgen().run(
-            "echo", config, timeout=size["seconds"] + size["warmup"] + 60))
-    return {"rt_s": round(out["count"] / out["seconds"], 1), **latency_ms(out["hist"]),
-            "opened": out["opened"], "errors": out["errors"] + out["failed"],
-            "first_error": out["first_error"], "server_cpu_pct": out["server_cpu_pct"]}
+        config = {
+            "url": server.url("/echo/", "ws"),
+            "connections": size["connections"],
+            "workers": 2,
+            "duration_s": size["seconds"],
+            "warmup_s": size["warmup"],
+            "payload": 32,
+        }
+        out = _measured(
+            ctx,
+            server,
+            "ws_echo",
+            lambda: ctx.loadgen().run(
+                "echo", config, timeout=size["seconds"] + size["warmup"] + 60
+            ),
+        )
+    return {
+        "rt_s": round(out["count"] / out["seconds"], 1),
+        **latency_ms(out["hist"]),
+        "opened": out["opened"],
+        "errors": out["errors"] + out["failed"],
+        "first_error": out["first_error"],
+        "server_cpu_pct": out["server_cpu_pct"],
+    }
 
 
 def _broadcast_result(out: dict) -> dict:
@@ -156,12 +212,23 @@ def _broadcast_result(out: dict) -> dict:
 def broadcast(ctx: Context, system: str) -> dict:
     size = ctx.sizes["broadcast"]
     with ctx.server(system) as server:
-        config = {"url": server.url("/broadcast/", "ws"), "send_url": server.url("/send/", "ws"),
-                  "connections": size["sockets"], "messages": size["messages"], "workers": 2,
-                  "deadline_s": size["deadline"], "quiet_s": 5, "local_addresses": LOCAL_ADDRESSES,
-                  "open_attempts": OPEN_ATTEMPTS}
-        out = _measured(ctx, server, "broadcast", lambda: ctx.loadgen().run(
-            "broadcast", config, timeout=size["deadline"] + 90))
+        config = {
+            "url": server.url("/broadcast/", "ws"),
+            "send_url": server.url("/send/", "ws"),
+            "connections": size["sockets"],
+            "messages": size["messages"],
+            "workers": 2,
+            "deadline_s": size["deadline"],
+            "quiet_s": 5,
+            "local_addresses": LOCAL_ADDRESSES,
+            "open_attempts": OPEN_ATTEMPTS,
+        }
+        out = _measured(
+            ctx,
+            server,
+            "broadcast",
+            lambda: ctx.loadgen().run("broadcast", config, timeout=size["deadline"] + 90),
+        )
     result = _broadcast_result(out)
     result["server_cpu_pct"] = out["server_cpu_pct"]
     return result
@@ -171,12 +238,21 @@ def broadcast_redis(ctx: Context, system: str) -> dict:
     """Two server processes sharing one Redis; half the sockets on each, the sender on the first."""
     size = ctx.sizes["broadcast_redis"]
     url = ctx.redis_url()
-    with ctx.server(system, cpus=None, layer="redis", redis_url=url) as first, \
-            ctx.server(system, cpus=None, layer="redis", redis_url=url) as second:
-        config = {"urls": [first.url("/broadcast/", "ws"), second.url("/broadcast/", "ws")],
-                  "send_url": first.url("/send/", "ws"), "connections": size["sockets"],
-                  "messages": size["messages"], "workers": 2, "deadline_s": size["deadline"],
-                  "quiet_s": 5, "local_addresses": LOCAL_ADDRESSES, "open_attempts": OPEN_ATTEMPTS}
+    with (
+        ctx.server(system, cpus=None, layer="redis", redis_url=url) as first,
+        ctx.server(system, cpus=None, layer="redis", redis_url=url) as second,
+    ):
+        config = {
+            "urls": [first.url("/broadcast/", "ws"), second.url("/broadcast/", "ws")],
+            "send_url": first.url("/send/", "ws"),
+            "connections": size["sockets"],
+            "messages": size["messages"],
+            "workers": 2,
+            "deadline_s": size["deadline"],
+            "quiet_s": 5,
+            "local_addresses": LOCAL_ADDRESSES,
+            "open_attempts": OPEN_ATTEMPTS,
+        }
         meter = procs.CpuMeter([first.process.pid, second.process.pid])
         meter.start()
         out = ctx.loadgen(cpus=None).run("broadcast", config, timeout=size["deadline"] + 90)
@@ -191,42 +267,75 @@ def idle(ctx: Context, system: str) -> dict:
     with ctx.server(system) as server:
         pid = server.serving_pid()
         before = procs.rss_bytes(pid)
-        config = {"url": server.url("/idle/", "ws"), "connections": size["sockets"], "workers": 4,
-                  "open_concurrency": 64, "local_addresses": LOCAL_ADDRESSES,
-                  "open_attempts": OPEN_ATTEMPTS}
+        config = {
+            "url": server.url("/idle/", "ws"),
+            "connections": size["sockets"],
+            "workers": 4,
+            "open_concurrency": 64,
+            "local_addresses": LOCAL_ADDRESSES,
+            "open_attempts": OPEN_ATTEMPTS,
+        }
 
         def measure(opened: dict) -> dict:
             after = procs.rss_bytes(pid)
             if not opened["opened"]:
                 raise RuntimeError("no idle socket opened: {}".format(opened["first_error"]))
             count = opened["opened"]
-            return {"rss_before_mb": round(before / 2**20, 1), "rss_after_mb": round(after / 2**20, 1),
-                    "kb_per_conn": round((after - before) / 1024 / count, 2)}
+            return {
+                "rss_before_mb": round(before / 2**20, 1),
+                "rss_after_mb": round(after / 2**20, 1),
+                "kb_per_conn": round((after - before) / 1024 / count, 2),
+            }
 
         out = ctx.loadgen().idle(config, timeout=300, while_open=measure)
-    return {"kb_per_conn": out["kb_per_conn"], "open_s": round(out["open_seconds"], 2),
-            "opened": out["opened"], "failed": out["failed"], "open_retries": out["retries"],
-            "still_open": out["still_open"],
-            "rss_before_mb": out["rss_before_mb"], "rss_after_mb": out["rss_after_mb"],
-            "first_error": out["first_error"]}
+    return {
+        "kb_per_conn": out["kb_per_conn"],
+        "open_s": round(out["open_seconds"], 2),
+        "opened": out["opened"],
+        "failed": out["failed"],
+        "open_retries": out["retries"],
+        "still_open": out["still_open"],
+        "rss_before_mb": out["rss_before_mb"],
+        "rss_after_mb": out["rss_after_mb"],
+        "first_error": out["first_error"],
+    }
 
 
 def longpoll(ctx: Context, system: str) -> dict:
     size = ctx.sizes["longpoll"]
     with ctx.server(system) as server:
-        config = {"url": server.url("/poll/"), "count_url": server.url("/poll-count/"),
-                  "fire_url": server.url("/fire/"), "requests": size["requests"], "workers": 2,
-                  "deadline_s": size["deadline"], "quiet_s": 5, "local_addresses": LOCAL_ADDRESSES,
-                  "open_attempts": OPEN_ATTEMPTS}
-        out = _measured(ctx, server, "longpoll", lambda: ctx.loadgen().run(
-            "longpoll", config, timeout=2 * size["deadline"] + 60))
+        config = {
+            "url": server.url("/poll/"),
+            "count_url": server.url("/poll-count/"),
+            "fire_url": server.url("/fire/"),
+            "requests": size["requests"],
+            "workers": 2,
+            "deadline_s": size["deadline"],
+            "quiet_s": 5,
+            "local_addresses": LOCAL_ADDRESSES,
+            "open_attempts": OPEN_ATTEMPTS,
+        }
+        out = _measured(
+            ctx,
+            server,
+            "longpoll",
+            lambda: ctx.loadgen().run("longpoll", config, timeout=2 * size["deadline"] + 60),
+        )
     seconds = out["seconds"]
-    return {"answers_s": round(out["answered"] / seconds, 1) if seconds > 0 else 0.0,
-            **latency_ms(out["hist"]), "park_s": round(out["park_seconds"], 2),
-            "parked_seen": out["parked_seen"], "answered": out["answered"], "lost": out["lost"],
-            "answered_before_fire": out["early"], "refused_retried": out["retries"],
-            "statuses": out["statuses"], "errors": out["errors"], "first_error": out["first_error"],
-            "server_cpu_pct": out["server_cpu_pct"]}
+    return {
+        "answers_s": round(out["answered"] / seconds, 1) if seconds > 0 else 0.0,
+        **latency_ms(out["hist"]),
+        "park_s": round(out["park_seconds"], 2),
+        "parked_seen": out["parked_seen"],
+        "answered": out["answered"],
+        "lost": out["lost"],
+        "answered_before_fire": out["early"],
+        "refused_retried": out["retries"],
+        "statuses": out["statuses"],
+        "errors": out["errors"],
+        "first_error": out["first_error"],
+        "server_cpu_pct": out["server_cpu_pct"],
+    }
 
 
 @dataclass(frozen=True)
@@ -241,33 +350,116 @@ class Workload:
 
 
 WORKLOADS = [
-    Workload("http", "HTTP: small Django view, keep-alive", "http", "rps", True,
-             (("rps", "req/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
-              ("non_2xx", "non-2xx"), ("server_cpu_pct", "server CPU %")), http_hello),
-    Workload("http_db", "HTTP: Django view with one ORM query (SQLite)", "http_db", "rps", True,
-             (("rps", "req/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
-              ("non_2xx", "non-2xx"), ("server_cpu_pct", "server CPU %")), http_db),
-    Workload("ws_echo", "WebSocket echo through a routed sync consumer", "ws_echo", "rt_s", True,
-             (("rt_s", "round trips/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
-              ("errors", "errors"), ("server_cpu_pct", "server CPU %")), ws_echo),
-    Workload("broadcast", "Broadcast: one group, one sender, one process", "broadcast",
-             "deliveries_s", True,
-             (("deliveries_s", "deliveries/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
-              ("lost", "lost"), ("lost_pct", "lost %"), ("sockets", "sockets"),
-              ("server_cpu_pct", "server CPU %")), broadcast),
-    Workload("broadcast_redis", "Broadcast across 2 processes sharing Redis", "broadcast_redis",
-             "deliveries_s", True,
-             (("deliveries_s", "deliveries/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
-              ("lost", "lost"), ("lost_pct", "lost %"), ("sockets", "sockets"),
-              ("servers_cpu_pct", "servers CPU %")), broadcast_redis),
-    Workload("idle", "Idle WebSocket connections held by one process", "idle", "kb_per_conn",
-             False,
-             (("kb_per_conn", "KB RSS/conn"), ("open_s", "open all (s)"), ("opened", "opened"),
-              ("open_retries", "refused + retried"), ("still_open", "still open"),
-              ("rss_after_mb", "RSS MB")), idle),
-    Workload("longpoll", "Long-poll: parked HTTP requests answered by one group message",
-             "longpoll", "answers_s", True,
-             (("answers_s", "answers/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
-              ("lost", "lost"), ("park_s", "park all (s)"), ("refused_retried", "refused + retried"),
-              ("server_cpu_pct", "server CPU %")), longpoll),
+    Workload(
+        "http",
+        "HTTP: small Django view, keep-alive",
+        "http",
+        "rps",
+        True,
+        (
+            ("rps", "req/s"),
+            ("p50_ms", "p50 ms"),
+            ("p99_ms", "p99 ms"),
+            ("non_2xx", "non-2xx"),
+            ("server_cpu_pct", "server CPU %"),
+        ),
+        http_hello,
+    ),
+    Workload(
+        "http_db",
+        "HTTP: Django view with one ORM query (SQLite)",
+        "http_db",
+        "rps",
+        True,
+        (
+            ("rps", "req/s"),
+            ("p50_ms", "p50 ms"),
+            ("p99_ms", "p99 ms"),
+            ("non_2xx", "non-2xx"),
+            ("server_cpu_pct", "server CPU %"),
+        ),
+        http_db,
+    ),
+    Workload(
+        "ws_echo",
+        "WebSocket echo through a routed sync consumer",
+        "ws_echo",
+        "rt_s",
+        True,
+        (
+            ("rt_s", "round trips/s"),
+            ("p50_ms", "p50 ms"),
+            ("p99_ms", "p99 ms"),
+            ("errors", "errors"),
+            ("server_cpu_pct", "server CPU %"),
+        ),
+        ws_echo,
+    ),
+    Workload(
+        "broadcast",
+        "Broadcast: one group, one sender, one process",
+        "broadcast",
+        "deliveries_s",
+        True,
+        (
+            ("deliveries_s", "deliveries/s"),
+            ("p50_ms", "p50 ms"),
+            ("p99_ms", "p99 ms"),
+            ("lost", "lost"),
+            ("lost_pct", "lost %"),
+            ("sockets", "sockets"),
+            ("server_cpu_pct", "server CPU %"),
+        ),
+        broadcast,
+    ),
+    Workload(
+        "broadcast_redis",
+        "Broadcast across 2 processes sharing Redis",
+        "broadcast_redis",
+        "deliveries_s",
+        True,
+        (
+            ("deliveries_s", "deliveries/s"),
+            ("p50_ms", "p50 ms"),
+            ("p99_ms", "p99 ms"),
+            ("lost", "lost"),
+            ("lost_pct", "lost %"),
+            ("sockets", "sockets"),
+            ("servers_cpu_pct", "servers CPU %"),
+        ),
+        broadcast_redis,
+    ),
+    Workload(
+        "idle",
+        "Idle WebSocket connections held by one process",
+        "idle",
+        "kb_per_conn",
+        False,
+        (
+            ("kb_per_conn", "KB RSS/conn"),
+            ("open_s", "open all (s)"),
+            ("opened", "opened"),
+            ("open_retries", "refused + retried"),
+            ("still_open", "still open"),
+            ("rss_after_mb", "RSS MB"),
+        ),
+        idle,
+    ),
+    Workload(
+        "longpoll",
+        "Long-poll: parked HTTP requests answered by one group message",
+        "longpoll",
+        "answers_s",
+        True,
+        (
+            ("answers_s", "answers/s"),
+            ("p50_ms", "p50 ms"),
+            ("p99_ms", "p99 ms"),
+            ("lost", "lost"),
+            ("park_s", "park all (s)"),
+            ("refused_retried", "refused + retried"),
+            ("server_cpu_pct", "server CPU %"),
+        ),
+        longpoll,
+    ),
 ]

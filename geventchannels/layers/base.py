@@ -96,8 +96,7 @@ def _measure(value: Any) -> int:
         return 9
     raise TypeError(
         "messages handed over without a copy may only contain dict, list, str, bytes, "
-        "int, float, bool and None; got %s (send it with send() instead)"
-        % kind.__name__
+        "int, float, bool and None; got %s (send it with send() instead)" % kind.__name__
     )
 
 

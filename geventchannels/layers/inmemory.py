@@ -69,8 +69,16 @@ class _Queue:
     ``receivers_limit``, which keeps parking O(1) on average.
     """
 
-    __slots__ = ("messages", "receivers", "receivers_limit", "capacity", "transient",
-                 "sent", "full", "rate_mark")
+    __slots__ = (
+        "messages",
+        "receivers",
+        "receivers_limit",
+        "capacity",
+        "transient",
+        "sent",
+        "full",
+        "rate_mark",
+    )
 
     def __init__(self, capacity: int, transient: bool, now: float):
         self.messages: deque[tuple[float, str, dict]] = deque()
@@ -353,8 +361,11 @@ class InMemoryChannelLayer(BaseChannelLayer):
             except ChannelFull:
                 pass
             except Exception:
-                logger.exception("group %r: delivery to %r failed; other members still get "
-                                 "the message", group, channel)
+                logger.exception(
+                    "group %r: delivery to %r failed; other members still get the message",
+                    group,
+                    channel,
+                )
         for channel in expired:
             members.pop(channel, None)
         if expired and not members:
@@ -395,8 +406,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
             if queue.messages:
                 pending += len(queue.messages)
                 oldest = min(oldest, queue.messages[0][0] - self.expiry)
-        return self._statistics(self._sent, self._full, self._rate_mark, pending, now - oldest,
-                                now)
+        return self._statistics(self._sent, self._full, self._rate_mark, pending, now - oldest, now)
 
     def channel_statistics(self, channel: str) -> dict[str, float]:
         """Counters of one channel (a process-local name reports its shared queue).
@@ -412,8 +422,9 @@ class InMemoryChannelLayer(BaseChannelLayer):
         return self._statistics(queue.sent, queue.full, queue.rate_mark, len(messages), age, now)
 
     @staticmethod
-    def _statistics(sent: int, full: int, mark: _RateMark, pending: int, age: float,
-                    now: float) -> dict[str, float]:
+    def _statistics(
+        sent: int, full: int, mark: _RateMark, pending: int, age: float, now: float
+    ) -> dict[str, float]:
         sent_rate, full_rate = mark.rates(now, sent, full)
         return {
             "messages_count": sent,

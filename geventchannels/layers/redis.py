@@ -85,7 +85,7 @@ def _make_crypter(keys: Sequence[str | bytes]):
         raise ImportError(
             "symmetric_encryption_keys needs the cryptography package: "
             "pip install 'geventchannels[crypto]'"
-        )
+        ) from None
     if isinstance(keys, str | bytes):
         raise TypeError("symmetric_encryption_keys must be a list of keys, not one string")
     if not keys:

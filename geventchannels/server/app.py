@@ -61,7 +61,6 @@ class Tally:
             self.reporter = None
 
 
-
 class ChannelsApplication:
     """Serves a WSGI application (Django's) plus channels: HTTP fast path, routed
     ``http.request``, WebSockets, and the consumers.

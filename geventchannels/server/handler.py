@@ -309,12 +309,16 @@ class ChannelsHandler(pywsgi.WSGIHandler):
         expect_continue = env.get("HTTP_EXPECT") == "100-continue"
         chunked = env.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked"
         self.wsgi_input = pywsgi.Input(
-            self.rfile, self.content_length, socket=self.socket if expect_continue else None,
+            self.rfile,
+            self.content_length,
+            socket=self.socket if expect_continue else None,
             chunked_input=chunked,
         )
         # An upgrade request has neither a length nor chunks: its stream is the socket's.
-        upgrade = (first.get("connection", "").lower() == "upgrade"
-                   or first.get("upgrade", "").lower() == "websocket")
+        upgrade = (
+            first.get("connection", "").lower() == "upgrade"
+            or first.get("upgrade", "").lower() == "websocket"
+        )
         env["wsgi.input"] = self.rfile if upgrade else self.wsgi_input
         env["wsgi.input_terminated"] = not upgrade
 
@@ -396,11 +400,15 @@ class ChannelsHandler(pywsgi.WSGIHandler):
     def _write_with_headers(self, data: Any) -> None:
         self.headers_sent = True
         self.finalize_headers()
-        head = b"".join([
-            b"HTTP/1.1 ", self.status, b"\r\n",
-            *[b"%s: %s\r\n" % header for header in self.response_headers],
-            b"\r\n",
-        ])
+        head = b"".join(
+            [
+                b"HTTP/1.1 ",
+                self.status,
+                b"\r\n",
+                *[b"%s: %s\r\n" % header for header in self.response_headers],
+                b"\r\n",
+            ]
+        )
         if not data:
             self._sendall(head)
         elif len(data) > COALESCE_LIMIT:
@@ -420,9 +428,7 @@ class ChannelsHandler(pywsgi.WSGIHandler):
         peer = "{}:{}".format(*address[:2]) if isinstance(address, tuple) else str(address)
         duration = (self.time_finish or time.time()) - self.time_start
         code = self.code if self.code is not None else (self.status or "-")
-        access_log.info(
-            "HTTP %s %s %s [%.2f, %s]", self.command, self.path, code, duration, peer
-        )
+        access_log.info("HTTP %s %s %s [%.2f, %s]", self.command, self.path, code, duration, peer)
 
     def log_error(self, msg: str, *args: Any) -> None:
         error_log.warning(msg, *args)
@@ -437,8 +443,14 @@ class ChannelsWSGIServer(pywsgi.WSGIServer):
 
     handler_class = ChannelsHandler
 
-    def __init__(self, listener: Any, application: Any = None, *,
-                 channels_app: ChannelsApplication | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        listener: Any,
+        application: Any = None,
+        *,
+        channels_app: ChannelsApplication | None = None,
+        **kwargs: Any,
+    ):
         if isinstance(application, ChannelsApplication):
             channels_app, application = application, application.wsgi_app
         if channels_app is None:

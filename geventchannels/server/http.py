@@ -34,7 +34,8 @@ REQUEST_PATIENCE = 1.0
 
 _request_refused = Tally(
     "%d routed HTTP request(s) answered 503: the http.request channel stayed full for %s s "
-    "(latest: %s). Run more consumers or raise that channel's capacity.")
+    "(latest: %s). Run more consumers or raise that channel's capacity."
+)
 
 
 # -- message building (shared with the WebSocket code) -------------------------
@@ -182,8 +183,17 @@ def _plain(start_response: StartResponse, status: int, text: str) -> list[bytes]
 class RoutedRequest:
     """One request answered through the ``http.request`` channel."""
 
-    __slots__ = ("app", "handler", "message", "reply_channel", "replies", "arrived",
-                 "watcher", "client_gone", "finished")
+    __slots__ = (
+        "app",
+        "handler",
+        "message",
+        "reply_channel",
+        "replies",
+        "arrived",
+        "watcher",
+        "client_gone",
+        "finished",
+    )
 
     def __init__(self, app: ChannelsApplication, handler: Any, message: dict):
         self.app = app
@@ -208,7 +218,8 @@ class RoutedRequest:
         if body is None:
             limit = self.app.config.max_body_size
             return _plain(
-                start_response, 413,
+                start_response,
+                413,
                 f"Request body is larger than {limit} bytes (DATA_UPLOAD_MAX_MEMORY_SIZE).\n",
             )
         app = self.app
@@ -242,18 +253,20 @@ class RoutedRequest:
             if self.client_gone:
                 self._send_disconnect()
                 return _plain(start_response, 503, "The client went away.\n")
-            return _plain(start_response, 503,
-                          f"No response within {app.config.http_timeout} seconds.\n")
+            return _plain(
+                start_response, 503, f"No response within {app.config.http_timeout} seconds.\n"
+            )
         try:
             status = int(first.get("status", 200))
-            headers = [
-                (_text(name), _text(value)) for name, value in first.get("headers") or ()
-            ]
+            headers = [(_text(name), _text(value)) for name, value in first.get("headers") or ()]
             start_response(_status_line(status), headers)
         except Exception:
             self._close()
-            logger.exception("invalid http.response on %s: %r", self.reply_channel,
-                             {k: v for k, v in first.items() if k != "content"})
+            logger.exception(
+                "invalid http.response on %s: %r",
+                self.reply_channel,
+                {k: v for k, v in first.items() if k != "content"},
+            )
             raise
         content = first.get("content") or b""
         if not first.get("more_content"):
@@ -270,8 +283,11 @@ class RoutedRequest:
                     if self.client_gone:
                         self._send_disconnect()
                     else:
-                        logger.warning("response on %s stalled for %s seconds; closing it",
-                                       self.reply_channel, self.app.config.http_timeout)
+                        logger.warning(
+                            "response on %s stalled for %s seconds; closing it",
+                            self.reply_channel,
+                            self.app.config.http_timeout,
+                        )
                         self._abort()
                     return
                 yield chunk.get("content") or b""
@@ -353,8 +369,8 @@ class RoutedRequest:
     def _send_disconnect(self) -> None:
         try:
             self.app.layer.send(
-                "http.disconnect", {"reply_channel": self.reply_channel,
-                                    "path": self.handler_path()}
+                "http.disconnect",
+                {"reply_channel": self.reply_channel, "path": self.handler_path()},
             )
         except Exception as error:
             logger.warning("http.disconnect for %s not sent: %s", self.reply_channel, error)

@@ -67,13 +67,16 @@ _monotonic = time.monotonic
 
 _connect_refused = Tally(
     "%d WebSocket handshake(s) answered 503: the websocket.connect channel stayed full for "
-    "%s s (latest: %s). Run more consumers or raise that channel's capacity.")
+    "%s s (latest: %s). Run more consumers or raise that channel's capacity."
+)
 _receive_full = Tally(
     "%d WebSocket(s) closed with 1013: the websocket.receive channel stayed full for %s s "
-    "(latest: %s). Run more consumers or raise that channel's capacity.")
+    "(latest: %s). Run more consumers or raise that channel's capacity."
+)
 _disconnect_full = Tally(
     "websocket.disconnect of %d WebSocket(s) not sent: the channel stayed full for %s s "
-    "(latest: %s). Consumers that track sockets in groups will keep stale members.")
+    "(latest: %s). Consumers that track sockets in groups will keep stale members."
+)
 _disconnect_failed = Tally("websocket.disconnect of %d WebSocket(s) not sent: %s (latest: %s)")
 
 
@@ -87,10 +90,30 @@ def choose_subprotocol(offered: list[str], supported: list[str]) -> str | None:
 
 class WebSocketConnection:
     __slots__ = (
-        "app", "handler", "sock", "raw", "path", "peer", "reply_channel", "state", "engine",
-        "early", "decided", "order", "writer", "pending", "pending_eof", "last_seen",
-        "ping_sent_at", "close_deadline", "close_code", "fragments", "fragment_text",
-        "decoder", "flush_scheduled", "__weakref__",
+        "app",
+        "handler",
+        "sock",
+        "raw",
+        "path",
+        "peer",
+        "reply_channel",
+        "state",
+        "engine",
+        "early",
+        "decided",
+        "order",
+        "writer",
+        "pending",
+        "pending_eof",
+        "last_seen",
+        "ping_sent_at",
+        "close_deadline",
+        "close_code",
+        "fragments",
+        "fragment_text",
+        "decoder",
+        "flush_scheduled",
+        "__weakref__",
     )
 
     def __init__(self, app: ChannelsApplication, handler: Any):
@@ -98,8 +121,11 @@ class WebSocketConnection:
         self.handler = handler
         self.sock = handler.socket
         # Replies are first tried with a non-blocking send on the real socket.
-        self.raw = getattr(self.sock, "_sock", None) if isinstance(
-            self.sock, gevent.socket.socket) else None
+        self.raw = (
+            getattr(self.sock, "_sock", None)
+            if isinstance(self.sock, gevent.socket.socket)
+            else None
+        )
         self.path = split_path(handler.path)[0]
         address = handler.client_address
         self.peer = "{}:{}".format(*address[:2]) if isinstance(address, tuple) else str(address)
@@ -126,7 +152,9 @@ class WebSocketConnection:
     def run(self) -> None:
         handler = self.handler
         response = engine_module.check_handshake(
-            handler.command, handler.path, handler.request_version or "HTTP/1.1",
+            handler.command,
+            handler.path,
+            handler.request_version or "HTTP/1.1",
             handler.headers.items(),
         )
         if response.status_code != 101:
@@ -185,19 +213,24 @@ class WebSocketConnection:
                 logger.warning(
                     "websocket.connect for %s not answered within %s seconds; rejecting "
                     "(raise WEBSOCKET_HANDSHAKE_TIMEOUT or answer sooner)",
-                    path, config.websocket_handshake_timeout)
+                    path,
+                    config.websocket_handshake_timeout,
+                )
             self._send_plain(engine_module.http_response(403, "WebSocket connection refused.\n"))
             self._log("REJECT")
             return False
         offered = handler.headers.get_all("Sec-WebSocket-Protocol") or ()
         subprotocol = decision.get("subprotocol") or choose_subprotocol(
-            engine_module.offered_subprotocols(offered), config.ws_protocols)
+            engine_module.offered_subprotocols(offered), config.ws_protocols
+        )
         leftover = self._take_buffered_input()
         try:
             self.sock.sendall(engine_module.accept_bytes(response, subprotocol))
         except OSError:
             return False
-        self.engine = FrameEngine(config.websocket_max_message_size, config.websocket_max_frame_size)
+        self.engine = FrameEngine(
+            config.websocket_max_message_size, config.websocket_max_frame_size
+        )
         self.state = OPEN
         self.last_seen = _monotonic()
         early, self.early, self.decided = self.early, None, None
@@ -334,8 +367,12 @@ class WebSocketConnection:
         if self.close_code is not None:
             return  # closing on our side: what the client still sends is not passed on
         self.order += 1
-        message = {"reply_channel": self.reply_channel, "path": self.path,
-                   "order": self.order, key: value}
+        message = {
+            "reply_channel": self.reply_channel,
+            "path": self.path,
+            "order": self.order,
+            key: value,
+        }
         try:
             if not self.app.send_when_room("websocket.receive", message, FULL_PATIENCE):
                 _receive_full.add(FULL_PATIENCE, self.reply_channel)
@@ -344,8 +381,11 @@ class WebSocketConnection:
             logger.warning(
                 "%s: a %d-byte message does not fit the channel layer's max_message_size "
                 "(%s); closing with 1009. Keep WEBSOCKET_MAX_MESSAGE_SIZE below the layer's "
-                "limit or raise the layer's max_message_size.", self.reply_channel,
-                len(value), getattr(self.app.layer, "max_message_size", "?"))
+                "limit or raise the layer's max_message_size.",
+                self.reply_channel,
+                len(value),
+                getattr(self.app.layer, "max_message_size", "?"),
+            )
             self.close(1009)
 
     def _finish(self) -> None:
@@ -362,8 +402,12 @@ class WebSocketConnection:
         engine = self.engine
         code = self.close_code or engine.received_close_code() or engine.sent_close_code() or 1006
         self.order += 1
-        message = {"reply_channel": self.reply_channel, "code": code, "path": self.path,
-                   "order": self.order}
+        message = {
+            "reply_channel": self.reply_channel,
+            "code": code,
+            "path": self.path,
+            "order": self.order,
+        }
         try:
             # Many sockets closing at once: wait for room rather than lose the message
             # that lets consumers leave groups.
@@ -393,15 +437,19 @@ class WebSocketConnection:
                 if data is not None:
                     logger.error(
                         "reply to %s has both 'text' and 'bytes'; send one of them per "
-                        "message (message dropped)", self.reply_channel)
+                        "message (message dropped)",
+                        self.reply_channel,
+                    )
                     return
                 engine.send_text(text.encode())
             elif data is not None:
                 engine.send_binary(data)
         except (AttributeError, TypeError):
-            logger.error("reply to %s: 'text' must be str and 'bytes' bytes; got %s "
-                         "(message dropped)", self.reply_channel,
-                         type(text if text is not None else data).__name__)
+            logger.error(
+                "reply to %s: 'text' must be str and 'bytes' bytes; got %s (message dropped)",
+                self.reply_channel,
+                type(text if text is not None else data).__name__,
+            )
             return
         close = message.get("close")
         if close:
@@ -418,8 +466,11 @@ class WebSocketConnection:
         try:
             engine.send_close(int(code))
         except Exception:
-            logger.error("invalid close code %r for %s; closing with 1000 instead (use 1000 "
-                         "or 3000-4999)", code, self.reply_channel)
+            logger.error(
+                "invalid close code %r for %s; closing with 1000 instead (use 1000 or 3000-4999)",
+                code,
+                self.reply_channel,
+            )
             code = 1000
             engine.send_close(code)
         self.close_code = code
@@ -447,8 +498,11 @@ class WebSocketConnection:
                 self._drop()
         elif self.ping_sent_at:
             if now - self.ping_sent_at > timeout:
-                logger.info("%s did not answer a ping within %s seconds; closing with 1011",
-                            self.reply_channel, timeout)
+                logger.info(
+                    "%s did not answer a ping within %s seconds; closing with 1011",
+                    self.reply_channel,
+                    timeout,
+                )
                 if self.writer is not None:
                     self.close_code = 1011
                     self._drop()
@@ -533,7 +587,9 @@ class WebSocketConnection:
         logger.warning(
             "%s: more than %d frames wait for a client that is not reading; dropping the "
             "connection (code 1008). Raise WEBSOCKET_OUTBOUND_QUEUE or send less.",
-            self.reply_channel, self.app.config.websocket_outbound_queue)
+            self.reply_channel,
+            self.app.config.websocket_outbound_queue,
+        )
         self.close_code = 1008
         self.engine.writes = []
         self.pending = b""

@@ -188,7 +188,7 @@ class FrameEngine(ServerProtocol):
             end = start + 4 + length
             if length > limit or end > size:
                 break
-            events.append(Frame(opcode, apply_mask(data[start + 4:end], data[start:start + 4])))
+            events.append(Frame(opcode, apply_mask(data[start + 4 : end], data[start : start + 4])))
             position = end
         return data[position:] if position else data
 

@@ -111,10 +111,24 @@ def test_message_keys_must_be_text(layer):
 # -- names ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", [
-    "", "has space", "caf\u00e9!", "slash/no", "star*", "a?b?c", "a!b!c", "?leading", "!x",
-    "x" * 100, 5, None, b"bytes.name",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "has space",
+        "caf\u00e9!",
+        "slash/no",
+        "star*",
+        "a?b?c",
+        "a!b!c",
+        "?leading",
+        "!x",
+        "x" * 100,
+        5,
+        None,
+        b"bytes.name",
+    ],
+)
 def test_invalid_channel_names_are_refused(layer, name):
     with pytest.raises(InvalidChannelName):
         layer.send(name, {"x": 1})
@@ -127,9 +141,18 @@ def test_invalid_channel_name_is_a_type_error(layer):
         layer.send("bad name", {})
 
 
-@pytest.mark.parametrize("name", [
-    "x" * 99, "a-b_c.d", "Upper.Case9", "reply?abc_DEF-1.2", "local!abc", "local!", "reply?",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "x" * 99,
+        "a-b_c.d",
+        "Upper.Case9",
+        "reply?abc_DEF-1.2",
+        "local!abc",
+        "local!",
+        "reply?",
+    ],
+)
 def test_valid_channel_names_are_accepted(layer, name):
     layer.send(name, {"ok": True})
 
@@ -476,8 +499,12 @@ def test_flush_drops_messages_and_groups(layer):
 # -- statistics ----------------------------------------------------------------
 
 STATISTICS_KEYS = {
-    "messages_count", "messages_count_per_second", "messages_pending", "messages_max_age",
-    "channel_full_count", "channel_full_count_per_second",
+    "messages_count",
+    "messages_count_per_second",
+    "messages_pending",
+    "messages_max_age",
+    "channel_full_count",
+    "channel_full_count_per_second",
 }
 
 
@@ -567,8 +594,9 @@ def test_blocking_receive_wakes_on_a_send_from_another_greenlet(layer):
 
 
 def test_one_send_wakes_one_of_several_blocked_receivers(layer):
-    receivers = [gevent.spawn(layer.receive, ["test.shared"], block=True, timeout=0.8)
-                 for _ in range(5)]
+    receivers = [
+        gevent.spawn(layer.receive, ["test.shared"], block=True, timeout=0.8) for _ in range(5)
+    ]
     gevent.sleep(0.2)
     layer.send("test.shared", {"n": 1})
     layer.send("test.shared", {"n": 2})
@@ -590,8 +618,9 @@ def test_blocking_receive_on_a_process_local_prefix(layer):
 
 def test_attached_local_handler_gets_process_local_messages_directly(layer):
     delivered = []
-    layer.attach_local("test.sockets!", lambda channel, message: delivered.append(
-        (channel, message)))
+    layer.attach_local(
+        "test.sockets!", lambda channel, message: delivered.append((channel, message))
+    )
     message = {"text": "hi", "nested": {"n": 1}}
     layer.send("test.sockets!abc", message)
     message["nested"]["n"] = 2
@@ -601,8 +630,9 @@ def test_attached_local_handler_gets_process_local_messages_directly(layer):
 
 def test_group_send_uses_the_local_handler_of_a_member(layer):
     delivered = []
-    layer.attach_local("test.sockets!", lambda channel, message: delivered.append(
-        (channel, message)))
+    layer.attach_local(
+        "test.sockets!", lambda channel, message: delivered.append((channel, message))
+    )
     layer.group_add("test.room", "test.sockets!one")
     layer.group_add("test.room", "test.plain")
     layer.send_group("test.room", {"text": "hi"})
@@ -635,7 +665,9 @@ def test_a_local_handler_attached_after_group_add_gets_the_group_sends(layer):
     layer.detach_local("test.later!")
     layer.send_group("test.late", {"text": "queued"})
     assert layer.receive(["test.later!"], block=True, timeout=5) == (
-        "test.later!one", {"text": "queued"})
+        "test.later!one",
+        {"text": "queued"},
+    )
 
 
 # -- messages handed over (send_owned) ---------------------------------------------
@@ -644,13 +676,14 @@ def test_a_local_handler_attached_after_group_add_gets_the_group_sends(layer):
 def test_a_handed_over_message_is_received(layer):
     layer.send_owned("test.owned", {"text": "mine", "list": [1, [2, b"3"]], "n": None})
     assert layer.receive(["test.owned"], block=True, timeout=5) == (
-        "test.owned", {"text": "mine", "list": [1, [2, b"3"]], "n": None})
+        "test.owned",
+        {"text": "mine", "list": [1, [2, b"3"]], "n": None},
+    )
 
 
 def test_a_handed_over_message_reaches_the_local_handler(layer):
     delivered = []
-    layer.attach_local("test.owned!", lambda channel, message: delivered.append(
-        (channel, message)))
+    layer.attach_local("test.owned!", lambda channel, message: delivered.append((channel, message)))
     layer.send_owned("test.owned!x", {"text": "direct"})
     wait_until(lambda: delivered)
     assert delivered == [("test.owned!x", {"text": "direct"})]

@@ -88,8 +88,9 @@ def test_fifty_blocked_consumers_process_100000_messages_exactly_once():
 def test_many_receivers_parked_on_overlapping_channels_each_get_one_message(layer):
     channels = [f"overlap.{n}" for n in range(5)]
     receivers = [
-        gevent.spawn(layer.receive, [channels[n % 5], channels[(n + 1) % 5]], block=True,
-                     timeout=10)
+        gevent.spawn(
+            layer.receive, [channels[n % 5], channels[(n + 1) % 5]], block=True, timeout=10
+        )
         for n in range(60)
     ]
     gevent.sleep(0.05)
@@ -107,8 +108,7 @@ def test_each_of_n_channels_is_tried_first_once_in_n_receives():
         layer.send("fair.busy", {"n": n})
     layer.send("fair.quiet1", {"n": "q1"})
     layer.send("fair.quiet2", {"n": "q2"})
-    first_three = {layer.receive(["fair.busy", "fair.quiet1", "fair.quiet2"])[0]
-                   for _ in range(3)}
+    first_three = {layer.receive(["fair.busy", "fair.quiet1", "fair.quiet2"])[0] for _ in range(3)}
     assert first_three == {"fair.busy", "fair.quiet1", "fair.quiet2"}
 
 
@@ -163,12 +163,16 @@ def test_a_timed_out_receiver_is_skipped_by_later_sends(layer):
 def test_group_send_hands_messages_to_parked_receivers(layer):
     layer.group_add("parked.room", "parked.a")
     layer.group_add("parked.room", "parked.local!x")
-    receivers = [gevent.spawn(layer.receive, [name], block=True, timeout=5)
-                 for name in ("parked.a", "parked.local!")]
+    receivers = [
+        gevent.spawn(layer.receive, [name], block=True, timeout=5)
+        for name in ("parked.a", "parked.local!")
+    ]
     gevent.sleep(0)
     layer.send_group("parked.room", {"text": "hi"})
     assert [g.get(timeout=2) for g in receivers] == [
-        ("parked.a", {"text": "hi"}), ("parked.local!x", {"text": "hi"})]
+        ("parked.a", {"text": "hi"}),
+        ("parked.local!x", {"text": "hi"}),
+    ]
 
 
 def test_single_reader_channels_leave_nothing_behind(layer):

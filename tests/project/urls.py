@@ -21,6 +21,8 @@ def whoami(request):
 
 
 urlpatterns = [
-    path("hello/", hello), path("stream/", stream), path("body-size/", body_size),
+    path("hello/", hello),
+    path("stream/", stream),
+    path("body-size/", body_size),
     path("whoami/", whoami),
 ]

@@ -31,7 +31,7 @@ def echo(message) -> None:
 
 
 def close_on_request(message) -> None:
-    """"close" closes with 1000 (``close: True``), "close 4321" with that code."""
+    """ "close" closes with 1000 (``close: True``), "close 4321" with that code."""
     _, _, code = message.get("text", "").partition(" ")
     message.reply_channel.send({"close": int(code) if code else True})
 

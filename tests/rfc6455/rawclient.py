@@ -29,8 +29,9 @@ CONTROL_OPCODES = (OP_CLOSE, OP_PING, OP_PONG)
 
 #: Close codes a server may put on the wire (RFC 6455 7.4.1 and the IANA registry);
 #: 1005, 1006 and 1015 are reserved for reporting and never sent.
-SENDABLE_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011,
-                                  1012, 1013, 1014}) | frozenset(range(3000, 5000))
+SENDABLE_CLOSE_CODES = frozenset(
+    {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
+) | frozenset(range(3000, 5000))
 
 DEFAULT_TIMEOUT = 5.0
 
@@ -56,8 +57,10 @@ class Frame:
         payload = repr(self.payload[:60])
         if len(self.payload) > 60:
             payload += f"... ({len(self.payload)} bytes)"
-        return (f"Frame(fin={self.fin}, rsv={self.rsv}, opcode={self.opcode:#x}, "
-                f"masked={self.masked}, payload={payload})")
+        return (
+            f"Frame(fin={self.fin}, rsv={self.rsv}, opcode={self.opcode:#x}, "
+            f"masked={self.masked}, payload={payload})"
+        )
 
     @property
     def close_code(self) -> int | None:
@@ -185,7 +188,10 @@ class RawWebSocket:
 
     @classmethod
     def open_tcp(
-        cls, host: str, port: int, timeout: float = DEFAULT_TIMEOUT,
+        cls,
+        host: str,
+        port: int,
+        timeout: float = DEFAULT_TIMEOUT,
         receive_buffer: int | None = None,
     ) -> RawWebSocket:
         """A TCP connection; a small ``receive_buffer`` makes the server's writes block
@@ -255,7 +261,7 @@ class RawWebSocket:
         try:
             chunk = self.sock.recv(65536)
         except TimeoutError:
-            raise TimeoutError("no complete reply from the server before the deadline")
+            raise TimeoutError("no complete reply from the server before the deadline") from None
         except ConnectionResetError:
             chunk = b""
         if not chunk:
@@ -307,9 +313,14 @@ class RawWebSocket:
         masked = bool(second & 0x80)
         key = self._take(4, deadline) if masked else b""
         payload = self._take(length, deadline)
-        frame = Frame(bool(first & 0x80), (first >> 4) & 0x7, first & 0xF,
-                      apply_mask(payload, key) if masked else payload, masked,
-                      header + extended + key)
+        frame = Frame(
+            bool(first & 0x80),
+            (first >> 4) & 0x7,
+            first & 0xF,
+            apply_mask(payload, key) if masked else payload,
+            masked,
+            header + extended + key,
+        )
         check_server_frame(frame)
         return frame
 
@@ -379,7 +390,8 @@ class RawWebSocket:
         7.1.1)."""
         frame = self.expect_close(timeout, allow=allow)
         assert frame.close_code == code, (
-            f"expected close {code}, got {frame.close_code} {frame.close_reason!r}")
+            f"expected close {code}, got {frame.close_code} {frame.close_reason!r}"
+        )
         trailing = self.wait_tcp_close(timeout)
         assert not trailing, f"server sent {trailing!r} after its close frame"
         return frame
@@ -415,4 +427,4 @@ def check_server_frame(frame: Frame) -> None:
         try:
             frame.close_reason.decode("utf-8")
         except UnicodeDecodeError:
-            raise BadServerFrame("server close reason is not UTF-8")
+            raise BadServerFrame("server close reason is not UTF-8") from None

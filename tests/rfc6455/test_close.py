@@ -22,7 +22,9 @@ pytestmark = pytest.mark.timeout(20)
 def assert_clean_close(ws: RawWebSocket, code: int | None) -> None:
     """The server's next frame is a close with ``code`` and then TCP ends."""
     close = ws.expect_close(allow=())
-    assert close.close_code == code, f"expected {code}, got {close.close_code} {close.close_reason!r}"
+    assert close.close_code == code, (
+        f"expected {code}, got {close.close_code} {close.close_reason!r}"
+    )
     assert ws.wait_tcp_close() == b""
 
 
@@ -47,8 +49,11 @@ def test_7_3_2_close_with_one_byte_payload_fails_with_1002(ws):
     ws.fail_with(1002)
 
 
-@pytest.mark.parametrize("reason", [b"", b"Hello World!", "ö✓".encode() * 10, b"*" * 123],
-                         ids=["7.3.3-no-reason", "7.3.4-reason", "utf8-reason", "7.3.5-123"])
+@pytest.mark.parametrize(
+    "reason",
+    [b"", b"Hello World!", "ö✓".encode() * 10, b"*" * 123],
+    ids=["7.3.3-no-reason", "7.3.4-reason", "utf8-reason", "7.3.5-123"],
+)
 def test_7_3_3_to_7_3_5_close_with_reason_is_echoed(ws, reason):
     ws.send_close(1000, reason)
     assert_clean_close(ws, 1000)
@@ -59,15 +64,35 @@ def test_7_3_6_close_payload_over_125_bytes_fails_with_1002(ws):
     ws.fail_with(1002)
 
 
-@pytest.mark.parametrize("code", [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011,
-                                  1012, 1013, 1014, 3000, 3999, 4000, 4999])
+@pytest.mark.parametrize(
+    "code",
+    [
+        1000,
+        1001,
+        1002,
+        1003,
+        1007,
+        1008,
+        1009,
+        1010,
+        1011,
+        1012,
+        1013,
+        1014,
+        3000,
+        3999,
+        4000,
+        4999,
+    ],
+)
 def test_7_7_valid_close_code_is_echoed(ws, code):
     ws.send_close(code, b"bye")
     assert_clean_close(ws, code)
 
 
-@pytest.mark.parametrize("code", [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999,
-                                  5000, 65535])
+@pytest.mark.parametrize(
+    "code", [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535]
+)
 def test_7_9_7_13_invalid_close_code_fails_with_1002(ws, code):
     ws.send_close(code)
     ws.fail_with(1002)

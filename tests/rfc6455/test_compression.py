@@ -25,7 +25,9 @@ OFFERS = [
 @pytest.fixture(params=OFFERS)
 def offered(request, echo_server):
     with RawWebSocket.connect(
-        echo_server.host, echo_server.port, "/echo/",
+        echo_server.host,
+        echo_server.port,
+        "/echo/",
         extra_headers=[("Sec-WebSocket-Extensions", request.param)],
     ) as ws:
         yield ws

@@ -63,7 +63,7 @@ def test_2_10_2_11_many_pings_in_a_row_are_all_answered_in_order(ws, chopped):
     data = b"".join(encode_frame(OP_PING, p) for p in payloads)
     if chopped:
         for start in range(0, len(data), 7):
-            ws.send_raw(data[start:start + 7])
+            ws.send_raw(data[start : start + 7])
     else:
         ws.send_raw(data)
     answered = []
@@ -75,8 +75,9 @@ def test_2_10_2_11_many_pings_in_a_row_are_all_answered_in_order(ws, chopped):
 
 
 def test_2_x_ping_between_messages_keeps_message_order(ws):
-    ws.send_raw(encode_frame(OP_TEXT, "one") + encode_frame(OP_PING, b"p")
-                + encode_frame(OP_TEXT, "two"))
+    ws.send_raw(
+        encode_frame(OP_TEXT, "one") + encode_frame(OP_PING, b"p") + encode_frame(OP_TEXT, "two")
+    )
     seen = [ws.recv_frame() for _ in range(3)]
     assert [f.payload for f in seen if f.opcode == OP_TEXT] == [b"one", b"two"]
     assert [f.payload for f in seen if f.opcode == OP_PONG] == [b"p"]
@@ -85,8 +86,9 @@ def test_2_x_ping_between_messages_keeps_message_order(ws):
 @pytest.fixture(scope="module")
 def pinging_server():
     """An echo server that pings after 0.2 s of silence and wants the pong within 1 s."""
-    with live_server(ECHO_ROUTING, WEBSOCKET_PING_INTERVAL=0.2,
-                     WEBSOCKET_PING_TIMEOUT=1.0) as server:
+    with live_server(
+        ECHO_ROUTING, WEBSOCKET_PING_INTERVAL=0.2, WEBSOCKET_PING_TIMEOUT=1.0
+    ) as server:
         yield server
 
 

@@ -26,8 +26,11 @@ def fragments(opcode: int, parts: list[bytes]) -> bytes:
     """The frames of one message split into ``parts``."""
     frames = []
     for index, part in enumerate(parts):
-        frames.append(encode_frame(
-            opcode if index == 0 else OP_CONTINUATION, part, fin=index == len(parts) - 1))
+        frames.append(
+            encode_frame(
+                opcode if index == 0 else OP_CONTINUATION, part, fin=index == len(parts) - 1
+            )
+        )
     return b"".join(frames)
 
 
@@ -87,13 +90,18 @@ def test_5_19_5_20_pings_and_pongs_interleaved_in_five_fragments(ws):
     )
     frames = [ws.recv_frame() for _ in range(3)]
     assert [(f.opcode, f.payload) for f in frames] == [
-        (OP_PONG, b"ping-1"), (OP_PONG, b"ping-2"), (OP_TEXT, b"f1f2f3f4f5")]
+        (OP_PONG, b"ping-1"),
+        (OP_PONG, b"ping-2"),
+        (OP_TEXT, b"f1f2f3f4f5"),
+    ]
 
 
 @pytest.mark.parametrize("opcode", [OP_PING, OP_PONG], ids=["5.1-ping", "5.2-pong"])
 def test_5_1_5_2_fragmented_control_frame_fails_with_1002(ws, opcode):
-    ws.send_raw(encode_frame(opcode, b"frag1", fin=False)
-                + encode_frame(OP_CONTINUATION, b"frag2", fin=True))
+    ws.send_raw(
+        encode_frame(opcode, b"frag1", fin=False)
+        + encode_frame(OP_CONTINUATION, b"frag2", fin=True)
+    )
     ws.fail_with(1002)
 
 
@@ -111,15 +119,18 @@ def test_5_15_continuation_after_a_finished_message_fails_with_1002(ws):
 
 
 def test_5_15_same_write_the_echo_is_optional(ws):
-    ws.send_raw(fragments(OP_TEXT, [b"frag1", b"frag2"])
-                + encode_frame(OP_CONTINUATION, b"frag3", fin=False))
+    ws.send_raw(
+        fragments(OP_TEXT, [b"frag1", b"frag2"])
+        + encode_frame(OP_CONTINUATION, b"frag3", fin=False)
+    )
     ws.fail_with(1002, allow=(OP_TEXT,))
 
 
 @pytest.mark.parametrize("second", [OP_TEXT, OP_BINARY])
 def test_5_18_new_data_frame_inside_a_fragmented_message_fails_with_1002(ws, second):
-    ws.send_raw(encode_frame(OP_TEXT, b"frag1", fin=False)
-                + encode_frame(second, b"frag2", fin=True))
+    ws.send_raw(
+        encode_frame(OP_TEXT, b"frag1", fin=False) + encode_frame(second, b"frag2", fin=True)
+    )
     ws.fail_with(1002)
 
 

@@ -64,8 +64,12 @@ def test_1_x_several_frames_in_one_write_are_all_handled(ws):
 
 @pytest.mark.parametrize(
     ("length", "header"),
-    [(3, b"\x82\x03"), (125, b"\x82\x7d"), (126, b"\x82\x7e\x00\x7e"),
-     (65536, b"\x82\x7f\x00\x00\x00\x00\x00\x01\x00\x00")],
+    [
+        (3, b"\x82\x03"),
+        (125, b"\x82\x7d"),
+        (126, b"\x82\x7e\x00\x7e"),
+        (65536, b"\x82\x7f\x00\x00\x00\x00\x00\x01\x00\x00"),
+    ],
 )
 def test_1_x_server_frames_are_unmasked_with_minimal_length(ws, length, header):
     """RFC 6455 5.1: a server must not mask; 5.2: the minimal length form is used."""
@@ -80,8 +84,9 @@ def test_replies_racing_from_many_greenlets_never_interleave(echo_server):
     greenlets send 100 KB replies at once to a client with a 4 KB receive buffer, so the
     socket fills and the server's writer queues; every frame must arrive whole, each
     sender's messages in the order it sent them."""
-    with RawWebSocket.connect(echo_server.host, echo_server.port, "/blast/",
-                              receive_buffer=4096) as ws:
+    with RawWebSocket.connect(
+        echo_server.host, echo_server.port, "/blast/", receive_buffer=4096
+    ) as ws:
         ws.send_text("go")
         seen: dict[int, list[int]] = {n: [] for n in range(BLAST_SENDERS)}
         for _ in range(BLAST_SENDERS * BLAST_MESSAGES):
@@ -132,7 +137,8 @@ def test_3_3_reserved_bits_in_the_same_write_as_a_valid_message(ws):
 
 
 @pytest.mark.parametrize(
-    ("opcode", "rsv"), [(OP_BINARY, 5), (OP_PING, 6), (OP_CLOSE, 7)],
+    ("opcode", "rsv"),
+    [(OP_BINARY, 5), (OP_PING, 6), (OP_CLOSE, 7)],
     ids=["3.5-binary", "3.6-ping", "3.7-close"],
 )
 def test_3_5_to_3_7_reserved_bits_on_other_frames_fail_with_1002(ws, opcode, rsv):

@@ -55,14 +55,16 @@ def random_payload(rng: random.Random, opcode: int) -> bytes:
             text = text[:cut] + rng.choice(BAD_UTF8) + text[cut:]
         return text
     if opcode == OP_CLOSE:
-        return rng.choice([
-            b"",
-            b"\x03",
-            close_payload(rng.choice([1000, 1001, 3000, 4999]), "bye"),
-            close_payload(rng.choice([0, 999, 1005, 1006, 1015, 2999, 5000, 65535])),
-            close_payload(1000, b"\xff\xfe"),
-            close_payload(1000, b"r" * 124),
-        ])
+        return rng.choice(
+            [
+                b"",
+                b"\x03",
+                close_payload(rng.choice([1000, 1001, 3000, 4999]), "bye"),
+                close_payload(rng.choice([0, 999, 1005, 1006, 1015, 2999, 5000, 65535])),
+                close_payload(1000, b"\xff\xfe"),
+                close_payload(1000, b"r" * 124),
+            ]
+        )
     if opcode in (OP_PING, OP_PONG):
         return rng.randbytes(rng.choice([0, 1, 10, 125, 126, 200]))
     return rng.randbytes(rng.choice([0, 1, 100, 125, 126, 1000, 3000]))
@@ -78,7 +80,8 @@ def wild_frame(rng: random.Random) -> tuple[bytes, int | None]:
     )[0]
     payload = random_payload(rng, opcode)
     frame = encode_frame(
-        opcode, payload,
+        opcode,
+        payload,
         fin=rng.random() < 0.8,
         rsv=0 if rng.random() < 0.8 else rng.randrange(1, 8),
         mask=rng.random() < 0.9,
@@ -89,7 +92,11 @@ def wild_frame(rng: random.Random) -> tuple[bytes, int | None]:
         code = ANY_CODE
     if mutation < 0.15:
         position = rng.randrange(min(len(frame), 2))
-        frame = frame[:position] + bytes([frame[position] ^ (1 << rng.randrange(8))]) + frame[position + 1:]
+        frame = (
+            frame[:position]
+            + bytes([frame[position] ^ (1 << rng.randrange(8))])
+            + frame[position + 1 :]
+        )
     elif mutation < 0.25:
         frame = frame[: rng.randrange(len(frame))]
     elif mutation < 0.35:
@@ -157,7 +164,7 @@ def fuzz_one_connection(server, rng: random.Random, label: str) -> int | None:
         except ServerClosedTCP:
             pass
         except TimeoutError:
-            raise AssertionError(f"{label}: the server did not close TCP within 5 s")
+            raise AssertionError(f"{label}: the server did not close TCP within 5 s") from None
         if closes and closes[0] is not None:
             allowed = SERVER_FAILURE_CODES | sent_codes
             if ANY_CODE in sent_codes:
@@ -174,7 +181,8 @@ def test_fuzzed_frames_never_break_the_server(echo_server):
     )
     # The run is only worth something if it reached both kinds of end.
     assert outcomes[1000] and outcomes.keys() & {1002, 1007, 1009}, (
-        f"fuzz outcomes too uniform: {dict(outcomes)}")
+        f"fuzz outcomes too uniform: {dict(outcomes)}"
+    )
     print("fuzz outcomes (close code: connections):", dict(outcomes))
     with RawWebSocket.connect(echo_server.host, echo_server.port, "/echo/") as ws:
         ws.send_text("still serving")
@@ -186,6 +194,7 @@ def test_fuzzed_frames_never_break_the_server(echo_server):
 def test_fuzzed_connections_running_at_once(echo_server):
     """The same, 10 connections at a time (3 rounds): one connection's garbage must
     never leak into another's frames or stop the server from serving the others."""
+
     def worker(number: int) -> Counter:
         rng = random.Random(SEED * 1000 + number)
         return Counter(

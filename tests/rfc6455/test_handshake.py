@@ -84,8 +84,10 @@ def test_frames_sent_right_behind_the_request_are_kept(echo_server):
     ws = RawWebSocket.open_tcp(echo_server.host, echo_server.port)
     with ws:
         key = RFC_SAMPLE_KEY
-        ws.send_raw(upgrade_request(echo_server.host, echo_server.port, "/echo/", key=key)
-                    + encode_frame(OP_TEXT, "early bird"))
+        ws.send_raw(
+            upgrade_request(echo_server.host, echo_server.port, "/echo/", key=key)
+            + encode_frame(OP_TEXT, "early bird")
+        )
         response = ws.read_http_response()
         assert response.status == 101
         assert ws.recv_text() == "early bird"
@@ -93,8 +95,13 @@ def test_frames_sent_right_behind_the_request_are_kept(echo_server):
 
 @pytest.mark.parametrize(
     "key",
-    [None, "", "not base64 at all!", base64.b64encode(b"x" * 15).decode(),
-     base64.b64encode(b"x" * 17).decode()],
+    [
+        None,
+        "",
+        "not base64 at all!",
+        base64.b64encode(b"x" * 15).decode(),
+        base64.b64encode(b"x" * 17).decode(),
+    ],
     ids=["missing", "empty", "not-base64", "15-bytes", "17-bytes"],
 )
 def test_missing_or_invalid_key_gets_400(echo_server, key):
@@ -167,9 +174,12 @@ def test_offered_subprotocol_is_not_echoed_unless_chosen(echo_server):
 
 def test_subprotocol_chosen_by_the_connect_consumer(echo_server):
     ws, response = handshake(
-        echo_server, "/subprotocol/",
-        extra_headers=[("Sec-WebSocket-Protocol", "v1.chat, v2.chat"),
-                       ("Sec-WebSocket-Protocol", "v3.chat")],
+        echo_server,
+        "/subprotocol/",
+        extra_headers=[
+            ("Sec-WebSocket-Protocol", "v1.chat, v2.chat"),
+            ("Sec-WebSocket-Protocol", "v3.chat"),
+        ],
     )
     with ws:
         assert response.status == 101

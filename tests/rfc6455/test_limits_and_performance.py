@@ -25,7 +25,7 @@ MESSAGE_LIMIT = 64 * 1024
 
 
 def fragmented(opcode: int, data: bytes, size: int) -> bytes:
-    chunks = [data[i:i + size] for i in range(0, len(data), size)] or [b""]
+    chunks = [data[i : i + size] for i in range(0, len(data), size)] or [b""]
     return b"".join(
         encode_frame(opcode if i == 0 else OP_CONTINUATION, chunk, fin=i == len(chunks) - 1)
         for i, chunk in enumerate(chunks)
@@ -87,8 +87,9 @@ def test_9_x_message_over_the_default_size_limit_fails_with_1009(ws):
 
 @pytest.fixture(scope="module")
 def limited_server():
-    with live_server(ECHO_ROUTING, WEBSOCKET_MAX_FRAME_SIZE=FRAME_LIMIT,
-                     WEBSOCKET_MAX_MESSAGE_SIZE=MESSAGE_LIMIT) as server:
+    with live_server(
+        ECHO_ROUTING, WEBSOCKET_MAX_FRAME_SIZE=FRAME_LIMIT, WEBSOCKET_MAX_MESSAGE_SIZE=MESSAGE_LIMIT
+    ) as server:
         yield server
 
 

@@ -72,8 +72,13 @@ def octet_fragments(data: bytes) -> bytes:
     """One text message sent as one fragment per octet (Autobahn 6.2.4 / 6.6.x)."""
     frames = []
     for index in range(len(data)):
-        frames.append(encode_frame(OP_TEXT if index == 0 else OP_CONTINUATION,
-                                   data[index:index + 1], fin=index == len(data) - 1))
+        frames.append(
+            encode_frame(
+                OP_TEXT if index == 0 else OP_CONTINUATION,
+                data[index : index + 1],
+                fin=index == len(data) - 1,
+            )
+        )
     return b"".join(frames)
 
 
@@ -95,8 +100,9 @@ def test_valid_code_points_split_across_fragments_are_accepted(ws, data):
 def test_6_2_3_valid_text_split_mid_code_point_into_two_fragments(ws):
     data = "Hello-µ@ßöäüàá-UTF-8!!".encode()
     cut = data.index("µ".encode()) + 1
-    ws.send_raw(encode_frame(OP_TEXT, data[:cut], fin=False)
-                + encode_frame(OP_CONTINUATION, data[cut:]))
+    ws.send_raw(
+        encode_frame(OP_TEXT, data[:cut], fin=False) + encode_frame(OP_CONTINUATION, data[cut:])
+    )
     assert ws.recv_text() == data.decode()
 
 
@@ -115,8 +121,10 @@ def test_invalid_utf8_split_across_fragments_fails_with_1007(ws, data):
 def test_6_14_message_ending_mid_code_point_fails_with_1007(ws):
     """Each fragment alone could be the start of valid text; the message as a whole
     ends inside a code point."""
-    ws.send_raw(encode_frame(OP_TEXT, "κόσμε".encode(), fin=False)
-                + encode_frame(OP_CONTINUATION, b"\xce", fin=True))
+    ws.send_raw(
+        encode_frame(OP_TEXT, "κόσμε".encode(), fin=False)
+        + encode_frame(OP_CONTINUATION, b"\xce", fin=True)
+    )
     ws.fail_with(1007)
 
 

@@ -39,7 +39,11 @@ class ServerProcess:
         environ["DJANGO_RUNSERVER_HIDE_WARNING"] = "true"
         environ.update(env or {})
         self.process = subprocess.Popen(
-            arguments, cwd=HERE, env=environ, stdout=self.output_file, stderr=subprocess.STDOUT,
+            arguments,
+            cwd=HERE,
+            env=environ,
+            stdout=self.output_file,
+            stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
 
@@ -84,7 +88,9 @@ class ServerProcess:
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"process did not exit in {timeout:.0f} s; output:\n{self.output}")
+            raise AssertionError(
+                f"process did not exit in {timeout:.0f} s; output:\n{self.output}"
+            ) from None
 
     def send_signal(self, signum: int = signal.SIGTERM) -> None:
         self.process.send_signal(signum)

@@ -45,24 +45,34 @@ class Command(DjangoRunserverCommand):
     def add_arguments(self, parser):
         super().add_arguments(parser)
         parser.add_argument(
-            "--nostatic", action="store_false", dest="use_static_handler",
+            "--nostatic",
+            action="store_false",
+            dest="use_static_handler",
             help="Do not serve static files at STATIC_URL.",
         )
         parser.add_argument(
-            "--insecure", action="store_true", dest="insecure_serving",
+            "--insecure",
+            action="store_true",
+            dest="insecure_serving",
             help="Serve static files even if DEBUG is False.",
         )
         parser.add_argument(
-            "--noworker", action="store_false", dest="run_worker",
+            "--noworker",
+            action="store_false",
+            dest="run_worker",
             help="Run no consumer pool in this process (consumers run in `runworker` "
             "processes sharing a Redis channel layer).",
         )
         parser.add_argument(
-            "--http_timeout", type=float, default=None,
+            "--http_timeout",
+            type=float,
+            default=None,
             help="Seconds a routed http.request may wait for its response (HTTP_TIMEOUT).",
         )
         parser.add_argument(
-            "--websocket_handshake_timeout", type=float, default=None,
+            "--websocket_handshake_timeout",
+            type=float,
+            default=None,
             help="Seconds websocket.connect may take to answer (WEBSOCKET_HANDSHAKE_TIMEOUT).",
         )
 
@@ -82,7 +92,7 @@ class Command(DjangoRunserverCommand):
             try:
                 bootstrap.reexec_patched()
             except RuntimeError as error:
-                raise CommandError(str(error))
+                raise CommandError(str(error)) from error
         try:
             self.inner_run(None, **options)
         except KeyboardInterrupt:
@@ -110,7 +120,7 @@ class Command(DjangoRunserverCommand):
         try:
             check_bindable(self.addr, int(self.port), self.use_ipv6)
         except AddressError as error:
-            raise CommandError(str(error))
+            raise CommandError(str(error)) from error
         self.load_routing(options)
 
     @staticmethod
@@ -127,11 +137,14 @@ class Command(DjangoRunserverCommand):
         if config is None or "ROUTING" not in config:
             raise CommandError(
                 f"settings.CHANNEL_LAYERS has no {alias!r} layer with a ROUTING; add one, e.g. "
-                f"{{{alias!r}: {{\"BACKEND\": \"geventchannels.layers.InMemoryChannelLayer\", "
-                "\"ROUTING\": \"myproject.routing.channel_routing\"}}"
+                f'{{{alias!r}: {{"BACKEND": "geventchannels.layers.InMemoryChannelLayer", '
+                '"ROUTING": "myproject.routing.channel_routing"}}'
             )
         backend = config.get("BACKEND")
-        if not options.get("run_worker", True) and CHANNELS1_BACKENDS.get(backend, backend) == IN_MEMORY_BACKEND:
+        if (
+            not options.get("run_worker", True)
+            and CHANNELS1_BACKENDS.get(backend, backend) == IN_MEMORY_BACKEND
+        ):
             raise CommandError(
                 "--noworker leaves the consumers to `runworker` processes, but channel layer "
                 f"{alias!r} is in-memory and cannot be shared with them: configure "
@@ -142,7 +155,7 @@ class Command(DjangoRunserverCommand):
         except (ImproperlyConfigured, ImportError, SyntaxError, ValueError, TypeError) as error:
             raise CommandError(
                 f"cannot load the routing of channel layer {alias!r}: {error}. Check "
-                f"CHANNEL_LAYERS[{alias!r}][\"ROUTING\"] and the modules it names."
+                f'CHANNEL_LAYERS[{alias!r}]["ROUTING"] and the modules it names.'
             ) from error
 
     # -- the supervising parent ----------------------------------------------
@@ -153,7 +166,7 @@ class Command(DjangoRunserverCommand):
         try:
             arguments = bootstrap.current_arguments()
         except RuntimeError as error:
-            raise CommandError(str(error))
+            raise CommandError(str(error)) from error
         environ = {**os.environ, autoreload.DJANGO_AUTORELOAD_ENV: "true"}
         child = None
         stopping = False
@@ -196,7 +209,9 @@ class Command(DjangoRunserverCommand):
         reloader = autoreload.get_reloader()
         self.reloader = reloader
         autoreload.logger.info("Watching for file changes with %s", type(reloader).__name__)
-        handlers = [gevent.signal_handler(s, self.stop_child) for s in (signal.SIGTERM, signal.SIGINT)]
+        handlers = [
+            gevent.signal_handler(s, self.stop_child) for s in (signal.SIGTERM, signal.SIGINT)
+        ]
         try:
             autoreload.start_django(reloader, self.serve_in_child, **options)
         except SystemExit as exit:
@@ -300,8 +315,10 @@ class Command(DjangoRunserverCommand):
         else:
             shown = self.addr
         layer = channel_layers[DEFAULT_CHANNEL_LAYER].channel_layer
-        consumers = "consumers run here" if options.get("run_worker", True) else (
-            "no consumers here (--noworker)"
+        consumers = (
+            "consumers run here"
+            if options.get("run_worker", True)
+            else ("no consumers here (--noworker)")
         )
         quit_command = "CTRL-BREAK" if sys.platform == "win32" else "CONTROL-C"
         self.stdout.write(

@@ -24,21 +24,33 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "--layer", default=DEFAULT_CHANNEL_LAYER, dest="layer",
+            "--layer",
+            default=DEFAULT_CHANNEL_LAYER,
+            dest="layer",
             help="The CHANNEL_LAYERS alias to take messages from (default: %(default)s).",
         )
         parser.add_argument(
-            "--only-channels", "--only_channels", action="append", dest="only_channels",
-            default=None, metavar="GLOB",
+            "--only-channels",
+            "--only_channels",
+            action="append",
+            dest="only_channels",
+            default=None,
+            metavar="GLOB",
             help="Consume only channels matching this glob, e.g. 'websocket.*' (repeatable).",
         )
         parser.add_argument(
-            "--exclude-channels", "--exclude_channels", action="append",
-            dest="exclude_channels", default=None, metavar="GLOB",
+            "--exclude-channels",
+            "--exclude_channels",
+            action="append",
+            dest="exclude_channels",
+            default=None,
+            metavar="GLOB",
             help="Do not consume channels matching this glob (repeatable).",
         )
         parser.add_argument(
-            "--concurrency", type=int, default=None,
+            "--concurrency",
+            type=int,
+            default=None,
             help="Consumer greenlets in this process (default: WORKER_CONCURRENCY).",
         )
 
@@ -50,7 +62,7 @@ class Command(BaseCommand):
             try:
                 bootstrap.reexec_patched()
             except RuntimeError as error:
-                raise CommandError(str(error))
+                raise CommandError(str(error)) from error
         from ...checks import expect_serving
 
         expect_serving()
@@ -65,7 +77,7 @@ class Command(BaseCommand):
             wrapper = channel_layers[alias]
             wrapper.router  # noqa: B018 -- builds the Router: a bad ROUTING fails here
         except (ImproperlyConfigured, ImportError, ValueError, TypeError) as error:
-            raise CommandError(f"cannot load channel layer {alias!r}: {error}")
+            raise CommandError(f"cannot load channel layer {alias!r}: {error}") from error
         if isinstance(wrapper.channel_layer, InMemoryChannelLayer):
             raise CommandError(
                 f"channel layer {alias!r} is {type(wrapper.channel_layer).__name__}, which lives inside one process: a separate runworker "
@@ -90,7 +102,7 @@ class Command(BaseCommand):
             )
             worker.start()
         except ValueError as error:
-            raise CommandError(str(error))
+            raise CommandError(str(error)) from error
         self.stdout.write(
             f"Running {worker.concurrency} consumer greenlets on channel layer "
             f"{wrapper.alias!r} ({type(wrapper.channel_layer).__name__}), channels: "
