@@ -25,4 +25,8 @@ def __getattr__(name: str):
         raise AttributeError("module 'geventchannels' has no attribute %r" % name)
     import importlib
 
-    return getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(module), name)
+    from .checks import notice_missing_app
+
+    notice_missing_app()
+    return value

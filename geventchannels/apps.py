@@ -8,11 +8,9 @@ class GeventChannelsConfig(AppConfig):
     verbose_name = "geventchannels"
 
     def ready(self) -> None:
-        from django.core import checks
+        from .checks import register
 
-        from .checks import check_gevent_patched
-
-        checks.register(check_gevent_patched, "geventchannels")
+        register()
 
         from .management import replace_staticfiles_runserver
 

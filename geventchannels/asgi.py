@@ -26,6 +26,15 @@ CHANNELS1_BACKENDS = {
     "asgi_redis.RedisLocalChannelLayer": REDIS_BACKEND,
 }
 
+
+def _notice_missing_app() -> None:
+    from .checks import notice_missing_app
+
+    notice_missing_app()
+
+
+_notice_missing_app()
+
 DEFAULT_CONFIGS = {DEFAULT_CHANNEL_LAYER: {"BACKEND": IN_MEMORY_BACKEND, "ROUTING": []}}
 
 
@@ -74,6 +83,9 @@ class ChannelLayerManager:
         return configured if configured else DEFAULT_CONFIGS
 
     def _config(self, alias: str) -> dict:
+        """The entry for ``alias``, checked as the system checks do (E003 to E005)."""
+        from .checks import layer_problems, one_line
+
         configs = self.configs
         if alias not in configs:
             defined = ", ".join(map(repr, configs)) or "none"
@@ -82,16 +94,15 @@ class ChannelLayerManager:
                 f"add {alias!r} to it or use one of those aliases"
             )
         config = configs[alias]
-        for key, example in (
-            ("BACKEND", IN_MEMORY_BACKEND),
-            ("ROUTING", "myproject.routing.channel_routing"),
-        ):
-            if key not in config:
-                raise ImproperlyConfigured(
-                    f'CHANNEL_LAYERS[{alias!r}] has no {key}: add "{key}": "{example}" '
-                    "(or your own)"
-                )
+        errors = [m for m in layer_problems(alias, config, routing=False) if m.is_serious()]
+        if errors:
+            raise ImproperlyConfigured(" ".join(one_line(m) for m in errors))
         return config
+
+    def backend_class(self, alias: str) -> type[BaseChannelLayer]:
+        """The layer class configured for ``alias``, without building the layer."""
+        backend = self._config(alias)["BACKEND"]
+        return import_string(CHANNELS1_BACKENDS.get(backend, backend))
 
     def make_backend(self, alias: str, test: bool = False) -> ChannelLayerWrapper:
         """Build a new wrapper for ``alias``; with ``test=True`` CONFIG is updated with
@@ -101,13 +112,12 @@ class ChannelLayerManager:
         if test:
             options.update(config.get("TEST_CONFIG") or {})
         backend = config["BACKEND"]
-        layer_class = import_string(CHANNELS1_BACKENDS.get(backend, backend))
+        layer_class = self.backend_class(alias)
         try:
             layer = layer_class(**options)
-        except TypeError as error:
+        except (TypeError, ValueError) as error:
             raise ImproperlyConfigured(
-                f"CHANNEL_LAYERS[{alias!r}]: {backend} rejected its CONFIG {sorted(options)!r} "
-                f"({error}); CONFIG keys are the layer's constructor arguments"
+                f"CHANNEL_LAYERS[{alias!r}]: {backend} cannot be built from its CONFIG: {error}"
             ) from error
         return ChannelLayerWrapper(layer, alias, config["ROUTING"])
 

@@ -58,53 +58,16 @@ def build_parser():
         help="CHANNEL_LAYERS alias to serve (default: %(default)s)",
     )
     serve.add_argument(
-        "--workers-concurrency",
-        type=_positive_int,
-        default=None,
-        metavar="N",
-        help="consumer greenlets in this process (default: WORKER_CONCURRENCY)",
-    )
-    serve.add_argument(
         "--noworker",
         action="store_false",
         dest="run_worker",
         help="run no consumers here (runworker processes on Redis do)",
     )
-    serve.add_argument(
-        "--http-timeout",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="seconds a routed http.request may wait for its response",
-    )
-    serve.add_argument(
-        "--websocket-handshake-timeout",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="seconds websocket.connect may take to answer",
-    )
-    serve.add_argument(
-        "--graceful-timeout",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="seconds in-flight requests and consumers get on stop",
-    )
     serve.add_argument("--quiet", action="store_true", help="no access log lines")
+    from . import conf
+
+    conf.add_arguments(serve, conf.SERVE)
     return parser
-
-
-def _positive_int(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return serve(options)
     except UsageError as error:
-        sys.stderr.write(f"geventchannels: error: {error}\n")
+        for line in str(error).splitlines():
+            sys.stderr.write(f"geventchannels: error: {line}\n")
         return 2
 
 
@@ -151,6 +115,23 @@ def load_wsgi(target: str, pythonpath: list[str]):
     return application
 
 
+def require_configuration(options) -> None:
+    """The start-up checks, one line per error; --noworker needs a layer that other
+    processes reach."""
+    from .checks import NOWORKER, expect_serving, startup_report, unshared_layer_error
+
+    expect_serving()
+    errors, warnings = startup_report(options.layer)
+    for warning in warnings:
+        sys.stderr.write(f"geventchannels: warning: {warning}\n")
+    if errors:
+        raise UsageError("\n".join(errors))
+    if not options.run_worker:
+        error = unshared_layer_error(options.layer, NOWORKER)
+        if error:
+            raise UsageError(error)
+
+
 def serve(options) -> int:
     import os
 
@@ -166,6 +147,9 @@ def serve(options) -> int:
     import django
     from django.apps import apps
     from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    from . import conf
 
     if not settings.configured:
         raise UsageError(
@@ -173,40 +157,26 @@ def serve(options) -> int:
         )
     if not apps.ready:
         django.setup(set_prefix=False)
+    require_configuration(options)
     if not options.quiet:
         show_server_logs()
     try:
         listener = bind(host, port)
     except AddressError as error:
         raise UsageError(str(error)) from error
-    overrides = {
-        "HTTP_TIMEOUT": options.http_timeout,
-        "WEBSOCKET_HANDSHAKE_TIMEOUT": options.websocket_handshake_timeout,
-        "GRACEFUL_TIMEOUT": options.graceful_timeout,
-    }
+    overrides = conf.overrides_from(options)
     try:
         runner = Runner(
             application,
             listener,
-            overrides={k: v for k, v in overrides.items() if v is not None},
+            overrides=overrides,
             run_worker=options.run_worker,
-            worker_concurrency=options.workers_concurrency,
+            worker_concurrency=overrides.get("WORKER_CONCURRENCY"),
             layer_alias=options.layer,
         )
-    except Exception as error:
-        from django.core.exceptions import ImproperlyConfigured
-
-        if isinstance(error, ImproperlyConfigured | ValueError):
-            raise UsageError(str(error)) from error
-        raise
-    from .layers.inmemory import InMemoryChannelLayer
-
-    if not options.run_worker and isinstance(runner.app.layer, InMemoryChannelLayer):
-        raise UsageError(
-            f"--noworker leaves the consumers to `runworker` processes, but channel layer "
-            f"{options.layer!r} is in-memory and cannot be shared with them: configure "
-            "geventchannels.layers.RedisChannelLayer, or drop --noworker"
-        )
+    except (ImproperlyConfigured, ValueError, TypeError) as error:
+        listener.close()
+        raise UsageError(str(error)) from error
     bound_host, bound_port = runner.address[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     consumers = "consumers run here" if options.run_worker else "no consumers here"

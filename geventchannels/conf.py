@@ -1,50 +1,469 @@
-"""geventchannels' own settings: one ``GEVENTCHANNELS`` dict in Django settings.
+"""geventchannels' own settings, each declared once: one ``GEVENTCHANNELS`` dict in Django
+settings, and the same names as command-line options of the run modes.
 
-Every key has a default here, so a project sets only what it changes::
+A project sets only what it changes::
 
     GEVENTCHANNELS = {"WEBSOCKET_HANDSHAKE_TIMEOUT": 10, "WORKER_CONCURRENCY": 100}
 
-Read them through :func:`get`, which also accepts overrides (command-line options).
+Every setting below has its type, default, validation, help text and the run modes whose
+command line offers it (``--websocket-handshake-timeout 10``; the Channels 1.x spelling is
+kept as an alias where one existed). Read a value through :func:`get`; command-line values
+arrive as ``overrides``. ``docs/settings.md`` is generated from this table
+(``python -m geventchannels.conf``) and a test keeps it up to date.
 """
 
 from __future__ import annotations
 
+import argparse
+import difflib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-DEFAULTS: dict[str, Any] = {
+#: The run modes whose command line can carry settings.
+RUNSERVER, SERVE, RUNWORKER = "runserver", "serve", "runworker"
+SERVING = frozenset({RUNSERVER, SERVE})
+CONSUMING = frozenset({RUNSERVER, SERVE, RUNWORKER})
+
+
+class SettingError(ValueError):
+    """A GEVENTCHANNELS key or value that cannot be used; the message says what to write."""
+
+
+# -- validators: each takes the raw value and returns the clean one or raises ValueError ----
+
+
+def _whole(value: Any, minimum: int) -> int:
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, str):
+        value = value.strip().replace("_", "")
+        if not value.isdigit():
+            raise ValueError
+    number = int(value)
+    if number != value and not isinstance(value, str) or number < minimum:
+        raise ValueError
+    return number
+
+
+def positive_int(value: Any) -> int:
+    return _whole(value, 1)
+
+
+positive_int.expects = "a whole number of at least 1"  # type: ignore[attr-defined]
+
+
+def seconds(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError
+    number = float(value)
+    if not number > 0 or number == float("inf"):
+        raise ValueError
+    return number
+
+
+seconds.expects = "a number of seconds greater than 0"  # type: ignore[attr-defined]
+
+
+def seconds_or_off(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError
+    number = float(value)
+    if not number >= 0 or number == float("inf"):
+        raise ValueError
+    return number
+
+
+seconds_or_off.expects = "a number of seconds, or 0 to turn it off"  # type: ignore[attr-defined]
+
+
+def boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1"):
+        return True
+    if isinstance(value, str) and value.lower() in ("false", "no", "off", "0"):
+        return False
+    raise ValueError
+
+
+boolean.expects = "True or False"  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its ``GEVENTCHANNELS`` key, default, validator and help; ``modes`` are the
+    run modes whose command line offers it as ``--kebab-case-name``."""
+
+    name: str
+    section: str
+    default: Any
+    validate: Callable[[Any], Any]
+    help: str
+    modes: frozenset[str] = frozenset()
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.lower().replace("_", "-")
+
+    @property
+    def dest(self) -> str:
+        return self.name.lower()
+
+    @property
+    def expects(self) -> str:
+        return getattr(self.validate, "expects", "a valid value")
+
+    def clean(self, value: Any, where: str) -> Any:
+        """The validated value; ``where`` names its origin for the error message."""
+        try:
+            return self.validate(value)
+        except (TypeError, ValueError, OverflowError):
+            raise SettingError(f"{where} must be {self.expects}, not {value!r}") from None
+
+
+SETTINGS: tuple[Setting, ...] = (
     # Consumer pool
-    "WORKER_CONCURRENCY": 50,  # consumer greenlets per process
-    "ORDERED_DISPATCH": True,  # messages sharing a reply_channel are consumed one at a time, in order
-    "CONSUME_LATER_LIMIT": 100,  # times one message may be put back by ConsumeLater before it is dropped
+    Setting(
+        "WORKER_CONCURRENCY",
+        "Consumer pool",
+        50,
+        positive_int,
+        "Consumer greenlets in this process: how many consumers run at once.",
+        CONSUMING,
+    ),
+    Setting(
+        "ORDERED_DISPATCH",
+        "Consumer pool",
+        True,
+        boolean,
+        "Messages sharing a reply_channel are consumed one at a time, in the order they came.",
+        CONSUMING,
+    ),
+    Setting(
+        "CONSUME_LATER_LIMIT",
+        "Consumer pool",
+        100,
+        positive_int,
+        "Times one message may be put back by ConsumeLater before it is dropped (logged).",
+        CONSUMING,
+    ),
     # HTTP
-    "HTTP_TIMEOUT": 120,  # seconds a routed http.request may wait for its response (then 503)
-    "PROXY_HEADERS": False,  # trust X-Forwarded-For / -Proto / -Port
-    "MAX_CONNECTIONS": 20_000,  # open sockets per process; above it new ones get 503
+    Setting(
+        "HTTP_TIMEOUT",
+        "HTTP",
+        120.0,
+        seconds,
+        "Seconds a routed http.request may wait for its response; then the client gets 503.",
+        SERVING,
+        aliases=("--http_timeout",),
+    ),
+    Setting(
+        "PROXY_HEADERS",
+        "HTTP",
+        False,
+        boolean,
+        "Trust X-Forwarded-For, -Proto and -Port from the client: turn on only behind a "
+        "proxy that sets them.",
+        SERVING,
+    ),
+    Setting(
+        "MAX_CONNECTIONS",
+        "HTTP",
+        20_000,
+        positive_int,
+        "Open sockets per process; a connection above it gets 503 and is closed.",
+        SERVING,
+    ),
     # WebSocket
-    "WEBSOCKET_HANDSHAKE_TIMEOUT": 5,  # seconds websocket.connect may take to answer (then 403)
-    # 1 MB of payload: with its envelope (reply_channel, path, order) a websocket.receive
-    # message then still fits the channel layer's 1 MiB max_message_size.
-    "WEBSOCKET_MAX_MESSAGE_SIZE": 1_000_000,  # bytes; larger incoming messages close with 1009
-    "WEBSOCKET_MAX_FRAME_SIZE": 1_000_000,  # bytes; larger incoming frames close with 1009
-    "WEBSOCKET_OUTBOUND_QUEUE": 1024,  # messages waiting for a slow client; when full, close 1008
-    "WEBSOCKET_PING_INTERVAL": 20,  # seconds of silence before the server pings; 0 turns it off
-    "WEBSOCKET_PING_TIMEOUT": 20,  # seconds to wait for the pong before closing 1011
+    Setting(
+        "WEBSOCKET_HANDSHAKE_TIMEOUT",
+        "WebSocket",
+        5.0,
+        seconds,
+        "Seconds the websocket.connect consumer may take to accept or reject; then 403.",
+        SERVING,
+        aliases=("--websocket_handshake_timeout",),
+    ),
+    Setting(
+        "WEBSOCKET_MAX_MESSAGE_SIZE",
+        "WebSocket",
+        1_048_576,
+        positive_int,
+        "Bytes of payload in one incoming message (all its frames); larger ones close with "
+        "1009. The default accepts exactly 1 MiB.",
+        SERVING,
+    ),
+    Setting(
+        "WEBSOCKET_MAX_FRAME_SIZE",
+        "WebSocket",
+        1_048_576,
+        positive_int,
+        "Bytes of payload in one incoming frame; larger frames close with 1009.",
+        SERVING,
+    ),
+    Setting(
+        "WEBSOCKET_OUTBOUND_QUEUE",
+        "WebSocket",
+        1024,
+        positive_int,
+        "Messages that may wait for a client that reads slowly; one more drops it (the "
+        "consumer sees websocket.disconnect with 1008).",
+        SERVING,
+    ),
+    Setting(
+        "WEBSOCKET_PING_INTERVAL",
+        "WebSocket",
+        20.0,
+        seconds_or_off,
+        "Seconds of silence from a client before the server pings it; 0 turns pings off.",
+        SERVING,
+    ),
+    Setting(
+        "WEBSOCKET_PING_TIMEOUT",
+        "WebSocket",
+        20.0,
+        seconds,
+        "Seconds to wait for the pong before the connection is closed with 1011.",
+        SERVING,
+    ),
     # Shutdown
-    "GRACEFUL_TIMEOUT": 10,  # seconds in-flight requests and consumers get to finish on stop
-}
+    Setting(
+        "GRACEFUL_TIMEOUT",
+        "Shutdown",
+        10.0,
+        seconds_or_off,
+        "Seconds in-flight requests and running consumers get to finish on stop (under "
+        "gunicorn, its own --graceful-timeout applies instead).",
+        CONSUMING,
+    ),
+)
+
+BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
+DEFAULTS: dict[str, Any] = {setting.name: setting.default for setting in SETTINGS}
 
 
-def get(name: str, overrides: dict[str, Any] | None = None) -> Any:
-    """The value of setting ``name``: an override if given and not None, else the project's
-    ``GEVENTCHANNELS`` entry, else the default."""
-    if name not in DEFAULTS:
-        raise KeyError("unknown geventchannels setting %r; known: %s" % (name, ", ".join(DEFAULTS)))
-    if overrides and overrides.get(name) is not None:
-        return overrides[name]
+def closest(name: str, known: Iterable[str]) -> str | None:
+    """The known name a misspelled ``name`` most likely meant, or None."""
+    known = list(known)
+    matches = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if not matches:
+        upper = {k.upper(): k for k in known}
+        matches = difflib.get_close_matches(name.upper(), list(upper), n=1, cutoff=0.6)
+        matches = [upper[m] for m in matches]
+    return matches[0] if matches else None
+
+
+def unknown_key_message(key: Any) -> str:
+    guess = closest(str(key), BY_NAME)
+    advice = f"did you mean {guess!r}?" if guess else "the settings are listed in docs/settings.md"
+    return f"GEVENTCHANNELS has an unknown key {key!r}: {advice}"
+
+
+def project_settings() -> Mapping[str, Any]:
+    """The project's ``GEVENTCHANNELS`` dict (empty when unset or Django is unconfigured)."""
     from django.conf import settings
 
-    if settings.configured:
-        project = getattr(settings, "GEVENTCHANNELS", None) or {}
-        if name in project:
-            return project[name]
-    return DEFAULTS[name]
+    if not settings.configured:
+        return {}
+    project = getattr(settings, "GEVENTCHANNELS", None)
+    if project is None:
+        return {}
+    if not isinstance(project, Mapping):
+        raise SettingError(
+            f"settings.GEVENTCHANNELS must be a dict of setting names to values, not "
+            f"{type(project).__name__}"
+        )
+    return project
+
+
+def problems() -> list[str]:
+    """Every problem in the project's GEVENTCHANNELS, one message each (the system checks
+    report them)."""
+    try:
+        project = project_settings()
+    except SettingError as error:
+        return [str(error)]
+    messages = []
+    for key, value in project.items():
+        setting = BY_NAME.get(key)
+        if setting is None:
+            messages.append(unknown_key_message(key))
+            continue
+        try:
+            setting.clean(value, f"GEVENTCHANNELS[{key!r}]")
+        except SettingError as error:
+            messages.append(str(error))
+    return messages
+
+
+def get(name: str, overrides: Mapping[str, Any] | None = None) -> Any:
+    """The value of setting ``name``: an override if given and not None (a command-line
+    option), else the project's ``GEVENTCHANNELS`` entry, else the default; always
+    validated."""
+    setting = BY_NAME.get(name)
+    if setting is None:
+        raise KeyError(unknown_key_message(name))
+    if overrides and overrides.get(name) is not None:
+        return setting.clean(overrides[name], f"the {setting.flag} option")
+    project = project_settings()
+    if name in project:
+        return setting.clean(project[name], f"GEVENTCHANNELS[{name!r}]")
+    return setting.default
+
+
+# -- the command line --------------------------------------------------------------------
+
+
+def _argument_type(setting: Setting) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return setting.validate(text)
+        except (TypeError, ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {setting.expects}") from None
+
+    parse.__name__ = setting.dest
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser, mode: str) -> None:
+    """Add the options of every setting that run mode ``mode`` offers (default None: the
+    setting then comes from GEVENTCHANNELS)."""
+    group = parser.add_argument_group("geventchannels settings (override GEVENTCHANNELS)")
+    for setting in SETTINGS:
+        if mode not in setting.modes:
+            continue
+        flags = [setting.flag, *setting.aliases]
+        help_text = f"{setting.help} Default: {_shown(setting.default)}."
+        if setting.validate is boolean:
+            group.add_argument(
+                *flags,
+                dest=setting.dest,
+                default=None,
+                action=argparse.BooleanOptionalAction,
+                help=help_text,
+            )
+        else:
+            metavar = "SECONDS" if "seconds" in setting.expects else "N"
+            group.add_argument(
+                *flags,
+                dest=setting.dest,
+                default=None,
+                metavar=metavar,
+                type=_argument_type(setting),
+                help=help_text,
+            )
+
+
+def overrides_from(options: Mapping[str, Any] | argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the command line (``{"HTTP_TIMEOUT": 30.0}``), from parsed
+    options."""
+    values = vars(options) if isinstance(options, argparse.Namespace) else options
+    return {
+        setting.name: values[setting.dest]
+        for setting in SETTINGS
+        if values.get(setting.dest) is not None
+    }
+
+
+# -- the generated reference page -----------------------------------------------------------
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 10_000:
+        return f"{value:_}"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+#: Django settings that geventchannels reads besides GEVENTCHANNELS.
+DJANGO_SETTINGS: tuple[tuple[str, str], ...] = (
+    (
+        "CHANNEL_LAYERS",
+        "The channel layers by alias: `BACKEND`, `ROUTING`, `CONFIG` "
+        "(the layer's constructor arguments), `TEST_CONFIG`. See channel-layers.md.",
+    ),
+    (
+        "DATA_UPLOAD_MAX_MEMORY_SIZE",
+        "The largest body a routed `http.request` may carry "
+        "(413 above it); Django applies it to the fast path itself.",
+    ),
+    ("FORCE_SCRIPT_NAME", "Sent to consumers as the message's `root_path`."),
+    (
+        "CHANNELS_WS_PROTOCOLS",
+        "WebSocket subprotocols the server offers when the "
+        "`websocket.connect` consumer names none.",
+    ),
+)
+
+_MODE_NAMES = {RUNSERVER: "runserver", SERVE: "serve", RUNWORKER: "runworker"}
+
+
+def markdown() -> str:
+    """docs/settings.md: every setting, the Django settings read, and the system checks."""
+    from .checks import CHECKS
+
+    lines = [
+        "# Settings",
+        "",
+        "<!-- Generated by `python -m geventchannels.conf` from geventchannels/conf.py and "
+        "geventchannels/checks.py; tests/test_settings.py checks that it is up to date. -->",
+        "",
+        "geventchannels reads one dict from the Django settings, each key optional:",
+        "",
+        "```python",
+        'GEVENTCHANNELS = {"WEBSOCKET_HANDSHAKE_TIMEOUT": 10, "WORKER_CONCURRENCY": 100}',
+        "```",
+        "",
+        "The run modes take the same settings on their command line, as `--kebab-case` "
+        "options that win over the dict (`manage.py runserver --http-timeout 30`, "
+        "`geventchannels serve proj.wsgi --worker-concurrency 200`). Under gunicorn, use the "
+        "dict. An unknown key or a value of the wrong kind stops every run mode at start "
+        "with the system check below that names it (the closest known name is suggested).",
+        "",
+    ]
+    section = None
+    for setting in SETTINGS:
+        if setting.section != section:
+            section = setting.section
+            lines += [
+                f"## {section}",
+                "",
+                "| setting | default | value | what it does | command line |",
+                "|---|---|---|---|---|",
+            ]
+        modes = ", ".join(_MODE_NAMES[m] for m in sorted(setting.modes)) or "none"
+        flags = " ".join(f"`{f}`" for f in (setting.flag, *setting.aliases))
+        if setting.validate is boolean:
+            flags = f"`{setting.flag}` / `--no-{setting.flag[2:]}`"
+        lines.append(
+            f"| `{setting.name}` | `{_shown(setting.default)}` | {setting.expects} | "
+            f"{setting.help} | {flags} ({modes}) |"
+        )
+        next_index = SETTINGS.index(setting) + 1
+        if next_index == len(SETTINGS) or SETTINGS[next_index].section != section:
+            lines.append("")
+    lines += ["## Django settings read", "", "| setting | use |", "|---|---|"]
+    lines += [f"| `{name}` | {text} |" for name, text in DJANGO_SETTINGS]
+    lines += [
+        "",
+        "## System checks",
+        "",
+        "Every run mode (runserver, runworker, `geventchannels serve`, the gunicorn worker) "
+        "runs these at start and stops with the message when an error is found; "
+        "`manage.py check` shows them too. Silence a warning with Django's "
+        "`SILENCED_SYSTEM_CHECKS`.",
+        "",
+        "| id | reported when |",
+        "|---|---|",
+    ]
+    lines += [f"| `{ident}` | {text} |" for ident, text in CHECKS.items()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(markdown())

@@ -116,18 +116,46 @@ class Worker(GeventPyWSGIWorker):
         ]
 
     def load_wsgi(self) -> None:
-        """Load the project, then build this worker's ChannelsApplication: a broken
-        channel layer or routing stops gunicorn with a reason instead of respawning."""
+        """Load the project, run the start-up checks, then build this worker's
+        ChannelsApplication: a broken configuration stops gunicorn with one line per
+        problem instead of respawning workers that fail the same way."""
         super().load_wsgi()
         if self.cfg.max_requests > 0:
             self.wsgi = self._count_requests(self.wsgi)
+        self.route_logs()
         from django.core.exceptions import ImproperlyConfigured
 
+        from .checks import expect_serving, startup_report
+
+        expect_serving()
+        errors, warnings = startup_report()
+        for warning in warnings:
+            self.log.warning("geventchannels: %s", warning)
+        for error in errors:
+            self.log.error("geventchannels cannot start: %s", error)
+        if errors:
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
         try:
             self.channels_app = self.make_channels_app()
         except (ImproperlyConfigured, ImportError, SyntaxError, ValueError, TypeError) as error:
             self.log.error("geventchannels cannot start: %s", error)
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
+    def route_logs(self) -> None:
+        """Send geventchannels' log lines (consumer errors, the pool's start-up line) to
+        gunicorn's error log, unless the project's LOGGING already routes them."""
+        import logging
+
+        logger = logging.getLogger("geventchannels")
+        if logger.handlers or logging.getLogger().handlers:
+            return
+        error_log = getattr(self.log, "error_log", None)
+        if error_log is None:
+            return
+        for handler in error_log.handlers:
+            logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
     def _count_requests(self, application):
         """gunicorn's pywsgi worker does not count requests for --max-requests; this does."""
@@ -148,11 +176,10 @@ class Worker(GeventPyWSGIWorker):
         return GOING_AWAY
 
     def make_channels_app(self):
-        from .layers.inmemory import InMemoryChannelLayer
         from .server import ChannelsApplication
 
         app = ChannelsApplication(self.wsgi)
-        if self.cfg.workers > 1 and isinstance(app.layer, InMemoryChannelLayer):
+        if self.cfg.workers > 1 and not app.layer.crosses_processes:
             self.log.warning(
                 "geventchannels: %d gunicorn workers share the in-memory channel layer, which "
                 "lives inside one process: Group and Channel messages will not cross "

@@ -30,7 +30,7 @@ def test_serve_options_parse():
             "[::1]:9000",
             "--settings",
             "proj.settings",
-            "--workers-concurrency",
+            "--worker-concurrency",
             "20",
             "--noworker",
             "--http-timeout",
@@ -46,7 +46,7 @@ def test_serve_options_parse():
         "[::1]:9000",
         "proj.settings",
     )
-    assert (options.workers_concurrency, options.run_worker) == (20, False)
+    assert (options.worker_concurrency, options.run_worker) == (20, False)
     assert (
         options.http_timeout,
         options.websocket_handshake_timeout,
@@ -67,7 +67,7 @@ def test_python_m_geventchannels_serve_answers_patched_and_stops_on_sigint():
         str(port),
         "--settings",
         "rmproject.settings",
-        "--workers-concurrency",
+        "--worker-concurrency",
         "4",
     ]
     with ServerProcess(command, port) as server:
@@ -88,7 +88,7 @@ def test_python_m_geventchannels_serve_answers_patched_and_stops_on_sigint():
         (["serve", "rmproject.wsgi", "--bind", "localhost"], "is not an address to listen on"),
         (["serve", "rmproject.nowhere"], "cannot import WSGI module 'rmproject.nowhere'"),
         (["serve", "rmproject.wsgi:nothing"], "has no WSGI application named 'nothing'"),
-        (["serve", "rmproject.wsgi", "--noworker", "-b", "0"], "is in-memory and cannot be shared"),
+        (["serve", "rmproject.wsgi", "--noworker", "-b", "0"], "which lives inside one process"),
     ],
 )
 def test_serve_errors_are_one_line_for_the_user(arguments, message):
@@ -122,7 +122,7 @@ def test_runworker_consumes_from_redis_for_a_server_without_consumers(redis_url)
         "runworker",
         "--exclude-channels",
         "rm.other",
-        "--concurrency",
+        "--worker-concurrency",
         "5",
     ]
     with ServerProcess(serve, port, env) as server, ServerProcess(runworker, None, env) as worker:

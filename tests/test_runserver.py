@@ -269,9 +269,9 @@ def test_runserver_noreload_without_debug_serves_no_static_files_but_insecure_do
         (
             ("runserver", "0"),
             {"RM_ROUTING": "rmproject.missing.channel_routing"},
-            "cannot load the routing of channel layer 'default'",
+            "(geventchannels.E006) cannot load CHANNEL_LAYERS['default']['ROUTING']",
         ),
-        (("runserver", "0", "--noworker"), {}, "is in-memory and cannot be shared"),
+        (("runserver", "0", "--noworker"), {}, "which lives inside one process"),
     ],
 )
 def test_misconfiguration_is_one_clear_message(arguments, env, message):

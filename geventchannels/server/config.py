@@ -1,4 +1,4 @@
-"""The server's settings, read once when the server is built.
+"""The server's settings (declared in geventchannels.conf), read once when the server is built.
 
 Every limit the connection code checks on its hot path is a plain attribute here, so
 reading one costs an attribute lookup, not a settings lookup.
@@ -37,21 +37,17 @@ class ServerConfig:
         keys are the setting names, upper or lower case) and the Django settings the
         server honours."""
         overrides = {k.upper(): v for k, v in (overrides or {}).items()}
+        unknown = [key for key in overrides if key not in conf.BY_NAME]
+        if unknown:
+            raise KeyError(conf.unknown_key_message(unknown[0]))
         values: dict[str, Any] = {}
         for name in cls.__dataclass_fields__:
-            key = name.upper()
-            if key in conf.DEFAULTS:
-                values[name] = conf.get(key, overrides)
+            if name.upper() in conf.BY_NAME:
+                values[name] = conf.get(name.upper(), overrides)
         from django.conf import settings
 
         if settings.configured:
             values["max_body_size"] = getattr(settings, "DATA_UPLOAD_MAX_MEMORY_SIZE", 2621440)
             values["root_path"] = getattr(settings, "FORCE_SCRIPT_NAME", None) or ""
             values["ws_protocols"] = list(getattr(settings, "CHANNELS_WS_PROTOCOLS", None) or [])
-        unknown = set(overrides) - set(conf.DEFAULTS)
-        if unknown:
-            raise KeyError(
-                f"unknown geventchannels server setting(s) {', '.join(sorted(unknown))}; "
-                f"known: {', '.join(conf.DEFAULTS)}"
-            )
         return cls(**values)

@@ -22,12 +22,13 @@ from pathlib import Path
 
 from django.apps import apps
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import CommandError
 from django.core.management.commands.runserver import Command as DjangoRunserverCommand
 from django.db import connections
 from django.utils import autoreload
 
-from ... import DEFAULT_CHANNEL_LAYER
+from ... import DEFAULT_CHANNEL_LAYER, conf
 from .. import bootstrap
 
 #: Seconds in-flight requests get when a code change restarts the development server.
@@ -63,18 +64,7 @@ class Command(DjangoRunserverCommand):
             help="Run no consumer pool in this process (consumers run in `runworker` "
             "processes sharing a Redis channel layer).",
         )
-        parser.add_argument(
-            "--http_timeout",
-            type=float,
-            default=None,
-            help="Seconds a routed http.request may wait for its response (HTTP_TIMEOUT).",
-        )
-        parser.add_argument(
-            "--websocket_handshake_timeout",
-            type=float,
-            default=None,
-            help="Seconds websocket.connect may take to answer (WEBSOCKET_HANDSHAKE_TIMEOUT).",
-        )
+        conf.add_arguments(parser, conf.RUNSERVER)
 
     # -- which process does what ---------------------------------------------
 
@@ -113,50 +103,30 @@ class Command(DjangoRunserverCommand):
             )
 
     def check_configuration(self, options) -> None:
-        """Fail in the supervising process with one clear message for what a child would
-        only find after starting: an unusable address or a broken channel routing."""
-        from ...runner import AddressError, check_bindable
+        """Fail in the supervising process with one clear line per problem that a child
+        would only find after starting: an unusable address or a broken configuration."""
+        from ...runner import AddressError, check_bindable, parse_bind
 
         try:
+            parse_bind(str(self.port))
             check_bindable(self.addr, int(self.port), self.use_ipv6)
         except AddressError as error:
             raise CommandError(str(error)) from error
-        self.load_routing(options)
+        self.require_configuration(options)
 
     @staticmethod
-    def load_routing(options) -> None:
-        """Import the default layer's ROUTING; with --noworker, refuse the in-memory layer
-        (no other process could run the consumers)."""
-        from django.core.exceptions import ImproperlyConfigured
+    def require_configuration(options) -> None:
+        """The start-up checks (E00x, one line each); with --noworker, refuse a layer that
+        cannot reach other processes (no runworker could run the consumers)."""
+        from ...checks import NOWORKER, startup_report, unshared_layer_error
 
-        from ...asgi import CHANNELS1_BACKENDS, IN_MEMORY_BACKEND, channel_layers
-        from ...routing import Router
-
-        alias = DEFAULT_CHANNEL_LAYER
-        config = channel_layers.configs.get(alias)
-        if config is None or "ROUTING" not in config:
-            raise CommandError(
-                f"settings.CHANNEL_LAYERS has no {alias!r} layer with a ROUTING; add one, e.g. "
-                f'{{{alias!r}: {{"BACKEND": "geventchannels.layers.InMemoryChannelLayer", '
-                '"ROUTING": "myproject.routing.channel_routing"}}'
-            )
-        backend = config.get("BACKEND")
-        if (
-            not options.get("run_worker", True)
-            and CHANNELS1_BACKENDS.get(backend, backend) == IN_MEMORY_BACKEND
-        ):
-            raise CommandError(
-                "--noworker leaves the consumers to `runworker` processes, but channel layer "
-                f"{alias!r} is in-memory and cannot be shared with them: configure "
-                "geventchannels.layers.RedisChannelLayer, or drop --noworker"
-            )
-        try:
-            Router(config["ROUTING"])
-        except (ImproperlyConfigured, ImportError, SyntaxError, ValueError, TypeError) as error:
-            raise CommandError(
-                f"cannot load the routing of channel layer {alias!r}: {error}. Check "
-                f'CHANNEL_LAYERS[{alias!r}]["ROUTING"] and the modules it names.'
-            ) from error
+        errors, _ = startup_report(DEFAULT_CHANNEL_LAYER)
+        if errors:
+            raise CommandError("\n".join(errors))
+        if not options.get("run_worker", True):
+            error = unshared_layer_error(DEFAULT_CHANNEL_LAYER, NOWORKER)
+            if error:
+                raise CommandError(error)
 
     # -- the supervising parent ----------------------------------------------
 
@@ -261,7 +231,7 @@ class Command(DjangoRunserverCommand):
         self.check_migrations()
         for connection in connections.all(initialized_only=True):
             connection.close()
-        self.load_routing(options)
+        self.require_configuration(options)
         from ...runner import show_server_logs
 
         show_server_logs()
@@ -292,17 +262,17 @@ class Command(DjangoRunserverCommand):
             listener = bind(self.addr, int(self.port), self.use_ipv6)
         except AddressError as error:
             raise CommandError(str(error)) from error
-        overrides = {
-            "HTTP_TIMEOUT": options.get("http_timeout"),
-            "WEBSOCKET_HANDSHAKE_TIMEOUT": options.get("websocket_handshake_timeout"),
-        }
-        return Runner(
-            self.get_handler(**options),
-            listener,
-            overrides={k: v for k, v in overrides.items() if v is not None},
-            run_worker=options.get("run_worker", True),
-            layer_alias=DEFAULT_CHANNEL_LAYER,
-        )
+        try:
+            return Runner(
+                self.get_handler(**options),
+                listener,
+                overrides=conf.overrides_from(options),
+                run_worker=options.get("run_worker", True),
+                layer_alias=DEFAULT_CHANNEL_LAYER,
+            )
+        except (ImproperlyConfigured, ValueError, TypeError) as error:
+            listener.close()
+            raise CommandError(str(error)) from error
 
     def print_banner(self, options) -> None:
         from ...asgi import channel_layers

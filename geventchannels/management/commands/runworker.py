@@ -13,7 +13,7 @@ import signal
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
-from ... import DEFAULT_CHANNEL_LAYER
+from ... import DEFAULT_CHANNEL_LAYER, conf
 from .. import bootstrap
 
 
@@ -31,7 +31,6 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--only-channels",
-            "--only_channels",
             action="append",
             dest="only_channels",
             default=None,
@@ -40,51 +39,49 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--exclude-channels",
-            "--exclude_channels",
             action="append",
             dest="exclude_channels",
             default=None,
             metavar="GLOB",
             help="Do not consume channels matching this glob (repeatable).",
         )
-        parser.add_argument(
-            "--concurrency",
-            type=int,
-            default=None,
-            help="Consumer greenlets in this process (default: WORKER_CONCURRENCY).",
-        )
+        conf.add_arguments(parser, conf.RUNWORKER)
 
     def handle(self, *args, **options):
         from ...monkey import is_patched
 
-        wrapper = self.load_layer(options["layer"])
         if not is_patched():
+            self.require_configuration(options["layer"], serving=False)
             try:
                 bootstrap.reexec_patched()
             except RuntimeError as error:
                 raise CommandError(str(error)) from error
-        from ...checks import expect_serving
-
-        expect_serving()
-        self.check()
+        wrapper = self.require_configuration(options["layer"], serving=True)
         self.run_worker(wrapper, options)
 
-    def load_layer(self, alias: str):
+    def require_configuration(self, alias: str, serving: bool):
+        """Run the start-up checks (one line per error, no traceback) and build the layer;
+        refuse a layer that cannot reach the servers' processes."""
         from ...asgi import channel_layers
-        from ...layers.inmemory import InMemoryChannelLayer
+        from ...checks import expect_serving, startup_report, unshared_layer_error
 
+        expect_serving(serving)
+        errors, _ = startup_report(alias)
+        if errors:
+            raise CommandError("\n".join(errors))
+        error = unshared_layer_error(
+            alias, "runworker takes the messages that server processes send"
+        )
+        if error:
+            raise CommandError(error)
+        if not serving:
+            return None
+        self.check()  # every app's checks, warnings shown
         try:
             wrapper = channel_layers[alias]
             wrapper.router  # noqa: B018 -- builds the Router: a bad ROUTING fails here
         except (ImproperlyConfigured, ImportError, ValueError, TypeError) as error:
             raise CommandError(f"cannot load channel layer {alias!r}: {error}") from error
-        if isinstance(wrapper.channel_layer, InMemoryChannelLayer):
-            raise CommandError(
-                f"channel layer {alias!r} is {type(wrapper.channel_layer).__name__}, which lives inside one process: a separate runworker "
-                "would never see the server's messages. Use "
-                f"geventchannels.layers.RedisChannelLayer for {alias!r} (or run the consumers in the "
-                "server process, which runserver and the gunicorn worker do by default)."
-            )
         return wrapper
 
     def run_worker(self, wrapper, options) -> None:
@@ -96,7 +93,7 @@ class Command(BaseCommand):
         try:
             worker = Worker(
                 wrapper,
-                concurrency=options["concurrency"],
+                concurrency=options["worker_concurrency"],
                 only_channels=options["only_channels"],
                 exclude_channels=options["exclude_channels"],
             )

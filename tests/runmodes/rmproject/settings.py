@@ -4,8 +4,11 @@
 - ``RM_REDIS_URL=redis://...``: RedisChannelLayer instead of the in-memory one.
 - ``RM_STATICFILES_FIRST=1``: django.contrib.staticfiles listed before geventchannels.
 - ``RM_ROUTING``: the ROUTING path (to test a missing routing module).
+- ``RM_BACKEND``, ``RM_LAYER_CONFIG`` (JSON), ``RM_GEVENTCHANNELS`` (JSON, merged): to test
+  misconfigurations.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -45,7 +48,15 @@ else:
         }
     }
 
-GEVENTCHANNELS = {"GRACEFUL_TIMEOUT": float(os.environ.get("RM_GRACEFUL_TIMEOUT", "5"))}
+if os.environ.get("RM_BACKEND"):
+    CHANNEL_LAYERS["default"]["BACKEND"] = os.environ["RM_BACKEND"]
+if os.environ.get("RM_LAYER_CONFIG"):
+    CHANNEL_LAYERS["default"]["CONFIG"] = json.loads(os.environ["RM_LAYER_CONFIG"])
+
+GEVENTCHANNELS = {
+    "GRACEFUL_TIMEOUT": float(os.environ.get("RM_GRACEFUL_TIMEOUT", "5")),
+    **json.loads(os.environ.get("RM_GEVENTCHANNELS", "{}")),
+}
 
 LOGGING = {
     "version": 1,
