@@ -64,6 +64,12 @@ def build_parser():
         help="run no consumers here (runworker processes on Redis do)",
     )
     serve.add_argument("--quiet", action="store_true", help="no access log lines")
+    serve.add_argument(
+        "--certfile", metavar="FILE", help="serve HTTPS and wss:// with this PEM certificate chain"
+    )
+    serve.add_argument(
+        "--keyfile", metavar="FILE", help="the certificate's private key (default: in --certfile)"
+    )
     from . import conf
 
     conf.add_arguments(serve, conf.SERVE)
@@ -137,7 +143,7 @@ def serve(options) -> int:
 
     if options.settings:
         os.environ["DJANGO_SETTINGS_MODULE"] = options.settings
-    from .runner import AddressError, Runner, bind, parse_bind, show_server_logs
+    from .runner import AddressError, Runner, bind, parse_bind, show_server_logs, tls_context
 
     try:
         host, port = parse_bind(options.bind)
@@ -160,9 +166,12 @@ def serve(options) -> int:
     require_configuration(options)
     if not options.quiet:
         show_server_logs()
+    if options.keyfile and not options.certfile:
+        raise UsageError("--keyfile needs --certfile")
     try:
+        ssl_context = tls_context(options.certfile, options.keyfile) if options.certfile else None
         listener = bind(host, port)
-    except AddressError as error:
+    except ValueError as error:  # AddressError, TLSFilesError
         raise UsageError(str(error)) from error
     overrides = conf.overrides_from(options)
     try:
@@ -173,6 +182,7 @@ def serve(options) -> int:
             run_worker=options.run_worker,
             worker_concurrency=overrides.get("WORKER_CONCURRENCY"),
             layer_alias=options.layer,
+            ssl_context=ssl_context,
         )
     except (ImproperlyConfigured, ValueError, TypeError) as error:
         listener.close()
@@ -181,7 +191,8 @@ def serve(options) -> int:
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     consumers = "consumers run here" if options.run_worker else "no consumers here"
     print(
-        f"geventchannels serving {options.wsgi} at http://{shown}:{bound_port}/ "
+        f"geventchannels serving {options.wsgi} at "
+        f"{'https' if ssl_context else 'http'}://{shown}:{bound_port}/ "
         f"(pid {os.getpid()}, channel layer {options.layer!r}: "
         f"{type(runner.app.layer).__name__}, {consumers})",
         flush=True,

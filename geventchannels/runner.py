@@ -17,10 +17,12 @@ import logging
 import re
 import signal
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Any
 
 import gevent
+import gevent.ssl
 from gevent.event import Event
 
 #: WebSocket close codes used on stop (RFC 6455 section 7.4.1).
@@ -83,7 +85,7 @@ def bind(host: str, port: int, ipv6: bool | None = None, backlog: int = 2048) ->
         listener.listen(backlog)
     except OSError as error:
         listener.close()
-        template = _BIND_ERRORS.get(error.errno)
+        template = _BIND_ERRORS.get(error.errno or 0)
         if template is None:
             raise AddressError(f"cannot listen on {shown}: {error.strerror or error}") from None
         raise AddressError(template % shown) from None
@@ -98,9 +100,30 @@ def check_bindable(host: str, port: int, ipv6: bool | None = None) -> None:
     bind(host, port, ipv6, backlog=1).close()
 
 
+class TLSFilesError(ValueError):
+    """A certificate or key file that cannot be used; the message says why."""
+
+
+def tls_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
+    """A server TLS context with the certificate chain in ``certfile`` (PEM) and its
+    private key (in ``keyfile``, or in ``certfile`` too). Raises TLSFilesError with a
+    message for the user when they cannot be loaded."""
+    context = gevent.ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as error:
+        files = f"{certfile} and {keyfile}" if keyfile else certfile
+        raise TLSFilesError(
+            f"cannot serve TLS with {files}: {getattr(error, 'strerror', None) or error} "
+            "(give a PEM certificate chain and its private key)"
+        ) from None
+    return context
+
+
 class Runner:
     """One geventchannels server in this process: a ChannelsApplication (consumer pool)
-    and a ChannelsWSGIServer on ``listener``."""
+    and a ChannelsWSGIServer on ``listener``, speaking TLS when given ``ssl_context``
+    (see :func:`tls_context`)."""
 
     def __init__(
         self,
@@ -111,6 +134,7 @@ class Runner:
         run_worker: bool = True,
         worker_concurrency: int | None = None,
         layer_alias: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ):
         from .server import ChannelsApplication, ChannelsWSGIServer
 
@@ -128,7 +152,8 @@ class Runner:
         )
         #: Seconds in-flight requests and consumers get on stop (GRACEFUL_TIMEOUT).
         self.graceful_timeout = float(self.app.config.graceful_timeout)
-        self.server = ChannelsWSGIServer(listener, self.app)
+        tls: dict[str, Any] = {"ssl_context": ssl_context} if ssl_context is not None else {}
+        self.server = ChannelsWSGIServer(listener, self.app, **tls)
         self._stop_requested = Event()
         self._forced = Event()
         self._stopped = False

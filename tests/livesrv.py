@@ -28,19 +28,20 @@ from geventchannels.server import ChannelsApplication, ChannelsWSGIServer
 
 
 class LiveServer:
-    def __init__(self, app: ChannelsApplication, server: ChannelsWSGIServer):
+    def __init__(self, app: ChannelsApplication, server: ChannelsWSGIServer, tls: bool = False):
         self.app = app
         self.server = server
         self.host = "127.0.0.1"
         self.port = server.server_port
+        self.tls = tls
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://{self.host}:{self.port}"
+        return f"{'wss' if self.tls else 'ws'}://{self.host}:{self.port}"
 
     @property
     def layer(self):
@@ -55,9 +56,11 @@ def live_server(
     wsgi_app: Any = None,
     run_worker: bool = True,
     worker_concurrency: int | None = 20,
+    ssl_context: Any = None,
     **settings_overrides: Any,
 ) -> Iterator[LiveServer]:
-    """Start the server, yield a :class:`LiveServer`, stop it (WebSockets get 1001)."""
+    """Start the server, yield a :class:`LiveServer`, stop it (WebSockets get 1001).
+    With ``ssl_context`` it speaks TLS (https://, wss://)."""
     if layer is None:
         from geventchannels.layers.inmemory import InMemoryChannelLayer
 
@@ -76,13 +79,14 @@ def live_server(
         run_worker=run_worker,
         worker_concurrency=worker_concurrency,
     )
-    server = ChannelsWSGIServer(("127.0.0.1", 0), app)
+    tls = {"ssl_context": ssl_context} if ssl_context is not None else {}
+    server = ChannelsWSGIServer(("127.0.0.1", 0), app, **tls)
     # Channel("name") / Group("name") in consumers use the "default" alias: make it ours.
     previous = channel_layers.set("default", wrapper)
     app.start()
     server.start()
     try:
-        yield LiveServer(app, server)
+        yield LiveServer(app, server, tls=ssl_context is not None)
     finally:
         server.close()
         try:

@@ -16,9 +16,9 @@ import gevent
 import pytest
 import websocket
 
+from geventchannels import logs
 from geventchannels.layers.inmemory import InMemoryChannelLayer
 from geventchannels.routing import route
-from geventchannels.server import app as server_app
 from geventchannels.server import websocket as server_websocket
 from tests.livesrv import Recorder, live_server
 
@@ -249,7 +249,7 @@ def test_a_connect_channel_that_stays_full_answers_503_after_the_wait():
 
 def test_disconnects_that_find_no_room_are_logged_as_one_counted_line(monkeypatch, caplog):
     monkeypatch.setattr(server_websocket, "DISCONNECT_PATIENCE", 0.1)
-    monkeypatch.setattr(server_app, "TALLY_INTERVAL", 0.3)
+    monkeypatch.setattr(logs, "TALLY_INTERVAL", 0.3)
     layer = InMemoryChannelLayer(channel_capacity={"websocket.disconnect": 1})
     caplog.set_level(logging.WARNING, logger="geventchannels.server")
     with live_server([], layer=layer, run_worker=False) as srv:

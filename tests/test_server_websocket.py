@@ -9,6 +9,7 @@ import os
 import random
 import socket
 import struct
+import time
 
 import gevent
 import pytest
@@ -298,14 +299,31 @@ def _client_frame(
     return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
+def _reference_messages(frames) -> list:
+    """Whole messages from websockets' own frame events (text decoded)."""
+    messages, parts, text = [], None, False
+    for opcode, data, fin in frames:
+        if opcode in (1, 2):
+            parts, text = [data], opcode == 1
+        elif opcode == 0:
+            parts.append(data)
+        else:
+            continue
+        if fin:
+            payload = b"".join(parts)
+            messages.append(payload.decode() if text else payload)
+    return messages
+
+
 @pytest.mark.parametrize("seed", range(30))
-def test_frame_engine_shortcut_parses_like_websockets(seed):
-    """The engine's own parser for simple frames must yield exactly what websockets'
-    parser yields, for any mix of frames and any split of the byte stream."""
+def test_frame_engine_yields_the_messages_websockets_parses(seed):
+    """The engine's own parser for simple frames and its reassembly must yield exactly
+    the messages websockets' parser yields, for any mix of frames and any split of the
+    byte stream, and answer (pongs, the failure's close frame) with the same bytes."""
     from websockets.protocol import OPEN
     from websockets.server import ServerProtocol
 
-    from geventchannels.server.wsproto_engine import FrameEngine
+    from geventchannels.server.frames import FrameEngine
 
     rng = random.Random(seed)
     stream = b""
@@ -313,30 +331,42 @@ def test_frame_engine_shortcut_parses_like_websockets(seed):
         kind = rng.random()
         size = rng.choice([0, 1, 5, 125, 126, 200, 1000, 70000])
         payload = bytes(rng.getrandbits(8) for _ in range(size))
-        if kind < 0.5:
+        text = "".join(rng.choice("aé😀ß") for _ in range(size // 2)).encode()
+        if kind < 0.3:
             stream += _client_frame(
-                rng.choice([1, 2]), payload, rng=rng, long_length=rng.random() < 0.1 and size < 126
+                2, payload, rng=rng, long_length=rng.random() < 0.1 and size < 126
             )
-        elif kind < 0.7:
+        elif kind < 0.5:
+            stream += _client_frame(1, text, rng=rng)
+        elif kind < 0.6:
             stream += _client_frame(9, payload[:100], rng=rng)  # ping
-        elif kind < 0.9:
+        elif kind < 0.75:
             stream += _client_frame(2, payload[:50], fin=False, rng=rng)
+            stream += _client_frame(9, payload[:10], rng=rng)  # a ping between fragments
             stream += _client_frame(0, payload[50:], fin=True, rng=rng)
+        elif kind < 0.9:
+            cut = rng.randrange(len(text) + 1)  # may split a character between fragments
+            stream += _client_frame(1, text[:cut], fin=False, rng=rng)
+            stream += _client_frame(0, text[cut:], fin=True, rng=rng)
         else:
             stream += _client_frame(2, payload, rng=rng) + bytes([0xC2, 0x80, 0, 0, 0, 0])
             break  # RSV1 set: a protocol error ends the stream
     limits = rng.choice([(None, None), (2000, 1000), (1 << 20, 1 << 20)])
     ours, reference = FrameEngine(*limits), ServerProtocol(state=OPEN, max_size=limits)
-    ours_events, reference_events = [], []
+    ours_messages, reference_frames = [], []
     position = 0
     while position < len(stream):
         step = rng.choice([1, 2, 7, 100, 4096, len(stream)])
         chunk = stream[position : position + step]
         position += step
-        for engine, events in ((ours, ours_events), (reference, reference_events)):
-            engine.receive_data(chunk)
-            events.extend((f.opcode, bytes(f.data), f.fin) for f in engine.events_received())
-    assert ours_events == reference_events
+        ours_messages.extend(ours.receive(chunk))
+        reference.receive_data(chunk)
+        reference_frames.extend(
+            (f.opcode, bytes(f.data), f.fin) for f in reference.events_received()
+        )
+    assert ours_messages == _reference_messages(reference_frames)
+    assert (ours.violation is not None) == (reference.close_sent is not None)
+    ours.fail_violation()
     assert ours.data_to_send() == reference.data_to_send()
     assert ours.state == reference.state
 
@@ -345,7 +375,7 @@ def test_frame_engine_shortcut_parses_like_websockets(seed):
 def test_frame_engine_shortcut_never_starts_inside_a_frame(long_length):
     """A payload that looks like a frame, arriving after its header in a separate read,
     is payload (the zero mask makes the wire bytes equal to the payload)."""
-    from geventchannels.server.wsproto_engine import FrameEngine
+    from geventchannels.server.frames import FrameEngine
 
     inner = _client_frame(1, b"evil")
     length = len(inner)
@@ -355,13 +385,50 @@ def test_frame_engine_shortcut_never_starts_inside_a_frame(long_length):
         else bytes((0x82, 0x80 | length))
     )
     engine = FrameEngine(None, None)
-    engine.receive_data(header + b"\0\0\0\0")
-    engine.receive_data(inner)
-    engine.receive_data(_client_frame(1, b"after"))
-    assert [(f.opcode, bytes(f.data)) for f in engine.events_received()] == [
-        (2, inner),
-        (1, b"after"),
+    messages = engine.receive(header + b"\0\0\0\0")
+    messages += engine.receive(inner)
+    messages += engine.receive(_client_frame(1, b"after"))
+    assert messages == [inner, "after"]
+
+
+def test_frame_engine_defers_a_violation_after_the_messages_before_it():
+    """Bytes that end in a protocol violation: the messages before it come out, the
+    close frame waits for fail_violation(), and nothing after the violation is parsed."""
+    from geventchannels.server.frames import FrameEngine
+
+    engine = FrameEngine(None, None)
+    bad = bytes([0xC1, 0x80, 0, 0, 0, 0])  # RSV1 on a text frame
+    ping = _client_frame(9, b"after")
+    assert engine.receive(_client_frame(1, b"one") + _client_frame(2, b"two") + bad + ping) == [
+        "one",
+        b"two",
     ]
+    assert engine.violation is not None and engine.violation[0] == 1002
+    assert engine.data_to_send() == []
+    assert engine.receive(_client_frame(1, b"later")) == []
+    engine.fail_violation()
+    close, eof = engine.data_to_send()
+    assert close[:4] == b"\x88" + bytes([len(close) - 2]) + b"\x03\xea" and eof == b""
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [_client_frame(1, b"ok\xff")],
+        [
+            _client_frame(1, b"ok", fin=False),
+            _client_frame(0, b"\xc3", fin=False),
+            _client_frame(0, b"("),
+        ],
+    ],
+    ids=["whole", "fragmented"],
+)
+def test_frame_engine_fails_invalid_utf8_with_1007(frames):
+    from geventchannels.server.frames import FrameEngine
+
+    engine = FrameEngine(None, None)
+    assert engine.receive(_client_frame(1, b"fine") + b"".join(frames)) == ["fine"]
+    assert engine.violation is not None and engine.violation[0] == 1007
 
 
 def join_room(message) -> None:
@@ -378,3 +445,33 @@ def test_group_send_reaches_every_socket_in_the_group():
         finally:
             for ws in clients:
                 ws.close()
+
+
+def test_replies_to_every_message_before_a_violation_leave_before_the_close():
+    """Twenty messages and a reserved opcode in one write: all twenty echoes, then 1002
+    (the connection waits for one reply per message, ANSWER_PATIENCE at most)."""
+    from tests.rfc6455.rawclient import OP_TEXT, RawWebSocket, encode_frame
+
+    with live_server([route("websocket.receive", echo)]) as srv:
+        with RawWebSocket.connect(srv.host, srv.port, "/") as ws:
+            ws.send_raw(b"".join(encode_frame(OP_TEXT, f"m{i}") for i in range(20)) + b"\x83\x80")
+            ws.send_raw(b"\0\0\0\0")
+            assert [ws.recv_text() for _ in range(20)] == [f"m{i}" for i in range(20)]
+            ws.fail_with(1002)
+
+
+def test_a_consumer_that_does_not_answer_delays_the_failure_by_answer_patience_at_most(
+    monkeypatch,
+):
+    from geventchannels.server import websocket as server_websocket
+    from tests.rfc6455.rawclient import OP_TEXT, RawWebSocket, encode_frame
+
+    monkeypatch.setattr(server_websocket, "ANSWER_PATIENCE", 0.3)
+    seen = Recorder()
+    with live_server([route("websocket.receive", seen)]) as srv:
+        with RawWebSocket.connect(srv.host, srv.port, "/") as ws:
+            started = time.monotonic()
+            ws.send_raw(encode_frame(OP_TEXT, "unanswered") + encode_frame(OP_TEXT, "x", rsv=1))
+            ws.fail_with(1002)
+            assert 0.25 < time.monotonic() - started < 3
+            assert seen.wait_for()["text"] == "unanswered"

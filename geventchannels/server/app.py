@@ -13,7 +13,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent.event import Event
@@ -21,44 +21,12 @@ from gevent.lock import Semaphore
 
 from ..exceptions import ChannelFull
 from .config import ServerConfig
+from .interfaces import Endpoint, TrackedSocket
+
+if TYPE_CHECKING:
+    from ..worker import Worker
 
 logger = logging.getLogger("geventchannels.server")
-
-
-#: Seconds between two log lines of a warning that many connections hit at once.
-TALLY_INTERVAL = 5.0
-
-
-class Tally:
-    """A warning that many connections can hit at once (a burst, a shutdown): the first
-    is logged at once, later ones are counted and logged as one line per TALLY_INTERVAL.
-
-    ``template`` takes the count, then the arguments of the latest ``add``.
-    """
-
-    __slots__ = ("template", "count", "args", "reporter")
-
-    def __init__(self, template: str):
-        self.template = template
-        self.count = 0
-        self.args: tuple = ()
-        self.reporter: gevent.Greenlet | None = None
-
-    def add(self, *args: Any) -> None:
-        if self.reporter is None:
-            logger.warning(self.template, 1, *args)
-            self.reporter = gevent.spawn_later(TALLY_INTERVAL, self._report)
-        else:
-            self.count += 1
-            self.args = args
-
-    def _report(self) -> None:
-        count, self.count = self.count, 0
-        if count:
-            logger.warning(self.template, count, *self.args)
-            self.reporter = gevent.spawn_later(TALLY_INTERVAL, self._report)
-        else:
-            self.reporter = None
 
 
 class ChannelsApplication:
@@ -101,13 +69,13 @@ class ChannelsApplication:
         self.config = config or ServerConfig.from_settings(overrides)
         self.run_worker = run_worker
         self.worker_concurrency = worker_concurrency
-        self.worker = None
+        self.worker: Worker | None = None
         #: True when some route consumes http.request: only then is a request's message
         #: built to see whether a route claims it.
         self.http_routed = "http.request" in self.router.channels
         self.reply_prefix = f"gc.{secrets.token_hex(6)}!"
-        self._endpoints: dict[str, Any] = {}
-        self._websockets: dict[Any, None] = {}
+        self._endpoints: dict[str, Endpoint] = {}
+        self._websockets: dict[TrackedSocket, None] = {}
         self._ids = itertools.count(1)
         self.connections = 0
         self.requests_in_flight = 0
@@ -132,8 +100,8 @@ class ChannelsApplication:
         if self.run_worker:
             from ..worker import Worker
 
-            self.worker = Worker(self.wrapper, concurrency=self.worker_concurrency)
-            self.worker.start()
+            worker = self.worker = Worker(self.wrapper, concurrency=self.worker_concurrency)
+            worker.start()
         if ChannelsApplication.current is None:
             ChannelsApplication.current = self
 
@@ -151,7 +119,7 @@ class ChannelsApplication:
             connection.close(close_code)
         self._idle.wait(max(0.0, deadline - time.monotonic()))
         for connection in list(self._websockets):
-            connection._drop()
+            connection.abort()
         if self.worker is not None:
             self.worker.stop(timeout=max(0.0, deadline - time.monotonic()))
             self.worker = None
@@ -180,11 +148,11 @@ class ChannelsApplication:
         self.requests_in_flight -= 1
         self._check_idle()
 
-    def track_websocket(self, connection: Any) -> None:
+    def track_websocket(self, connection: TrackedSocket) -> None:
         self._websockets[connection] = None
         self._idle.clear()
 
-    def untrack_websocket(self, connection: Any) -> None:
+    def untrack_websocket(self, connection: TrackedSocket) -> None:
         self._websockets.pop(connection, None)
         self._check_idle()
 
@@ -239,7 +207,7 @@ class ChannelsApplication:
 
     # -- reply channels -----------------------------------------------------------
 
-    def register_endpoint(self, endpoint: Any, kind: str) -> str:
+    def register_endpoint(self, endpoint: Endpoint, kind: str) -> str:
         """A new reply channel whose messages go to ``endpoint.deliver(message)``."""
         name = f"{self.reply_prefix}{kind}{next(self._ids)}"
         self._endpoints[name] = endpoint

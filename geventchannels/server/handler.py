@@ -33,7 +33,6 @@ that signature (``application`` positional, ``channels_app`` keyword).
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -42,15 +41,15 @@ from gevent import get_hub, pywsgi
 
 from .app import ChannelsApplication
 from .http import RoutedRequest, claiming_route, request_message
+from .proxy import forwarded
+from .responses import plain_response
+from .sockets import set_nodelay
 from .websocket import WebSocketConnection
 
 access_log = logging.getLogger("geventchannels.server.access")
 error_log = logging.getLogger("geventchannels.server")
 
-_BUSY = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
-    b"Content-Length: 41\r\nConnection: close\r\n\r\nServer busy: too many open connections.\r\n"
-)
+_BUSY = plain_response(503, "Server busy: too many open connections.\r\n")
 
 
 #: Limits of the request head, as http.client (which pywsgi uses) has them.
@@ -185,24 +184,15 @@ class _HttpDate:
         return cls.value
 
 
-def set_nodelay(sock: Any) -> None:
-    """Send small responses and frames at once instead of after the peer's delayed ACK."""
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):
-        pass  # not TCP (a Unix socket)
-
-
-def apply_proxy_headers(environ: dict) -> None:
+def apply_proxy_headers(environ: dict, headers: RequestHeaders) -> None:
     """PROXY_HEADERS on the fast path: the client address and scheme Django sees are the
-    ones the proxy reports (X-Forwarded-For's first address, -Port, -Proto)."""
-    forwarded_for = environ.get("HTTP_X_FORWARDED_FOR")
-    if forwarded_for:
-        environ["REMOTE_ADDR"] = forwarded_for.split(",")[0].strip()
-        environ["REMOTE_PORT"] = environ.get("HTTP_X_FORWARDED_PORT", "0").strip() or "0"
-    proto = environ.get("HTTP_X_FORWARDED_PROTO", "").strip().lower()
-    if proto in ("http", "https"):
-        environ["wsgi.url_scheme"] = proto
+    ones the proxy reports (the rule is proxy.py's)."""
+    client, secure = forwarded(headers)
+    if client is not None:
+        environ["REMOTE_ADDR"], port = client
+        environ["REMOTE_PORT"] = str(port)
+    if secure is not None:
+        environ["wsgi.url_scheme"] = "https" if secure else "http"
 
 
 class ChannelsHandler(pywsgi.WSGIHandler):
@@ -211,6 +201,9 @@ class ChannelsHandler(pywsgi.WSGIHandler):
     _routed: RoutedRequest | None = None
     _turn: Any = None
     headers = RequestHeaders()
+    # Set by pywsgi (status: bytes once start_response ran, str on the 503 shortcut).
+    status: Any
+    provided_date: Any
 
     def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None):
         set_nodelay(sock)
@@ -259,9 +252,10 @@ class ChannelsHandler(pywsgi.WSGIHandler):
         first = headers._first
         if "content-length" in first and first.get("transfer-encoding", "").lower() == "chunked":
             del headers["content-length"]
-        length = first.get("content-length")
-        if length is not None:
-            length = int(length)
+        declared = first.get("content-length")
+        length = None
+        if declared is not None:
+            length = int(declared)
             if length < 0:
                 raise ValueError(f"Invalid Content-Length: {length!r}")
             if length and self.command == "HEAD":
@@ -324,7 +318,7 @@ class ChannelsHandler(pywsgi.WSGIHandler):
 
         app = self._app or self._find_app()
         if app is not None and app.config.proxy_headers:
-            apply_proxy_headers(env)
+            apply_proxy_headers(env, headers)
         return env
 
     # -- one request -----------------------------------------------------------------

@@ -9,11 +9,12 @@ costs its greenlet, one timeout and one read watcher that notices the client lea
 
 from __future__ import annotations
 
-import http
 import logging
 import socket
+import ssl
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 from weakref import WeakKeyDictionary
@@ -22,7 +23,11 @@ from gevent import get_hub
 from gevent.event import Event
 
 from ..exceptions import MessageTooLarge
-from .app import Tally
+from ..logs import Tally
+from .interfaces import RequestHandler
+from .proxy import forwarded
+from .responses import plain_text, status_line
+from .sockets import is_tls, os_socket
 
 if TYPE_CHECKING:
     from .app import ChannelsApplication
@@ -34,7 +39,8 @@ REQUEST_PATIENCE = 1.0
 
 _request_refused = Tally(
     "%d routed HTTP request(s) answered 503: the http.request channel stayed full for %s s "
-    "(latest: %s). Run more consumers or raise that channel's capacity."
+    "(latest: %s). Run more consumers or raise that channel's capacity.",
+    logger,
 )
 
 
@@ -56,9 +62,11 @@ def header_list(headers: Any) -> list[list[bytes]]:
     ]
 
 
-def endpoints(handler: Any, proxy_headers: bool, secure_scheme: str, plain_scheme: str):
+def endpoints(
+    handler: RequestHandler, proxy_headers: bool, secure_scheme: str, plain_scheme: str
+) -> tuple[str, list | None, list | None]:
     """(scheme, client [host, port], server [host, port]) of a request; with
-    ``proxy_headers``, X-Forwarded-For / -Port / -Proto from the proxy are believed."""
+    ``proxy_headers``, what the proxy says (proxy.py) is believed."""
     environ = handler.environ or {}
     scheme = secure_scheme if environ.get("wsgi.url_scheme") == "https" else plain_scheme
     address = handler.client_address
@@ -69,28 +77,20 @@ def endpoints(handler: Any, proxy_headers: bool, secure_scheme: str, plain_schem
     except (OSError, AttributeError):
         server = None
     if proxy_headers:
-        forwarded_for = handler.headers.get("X-Forwarded-For")
-        if forwarded_for:
-            host = forwarded_for.split(",")[0].strip()
-            port = handler.headers.get("X-Forwarded-Port")
-            try:
-                client = [host, int(port) if port else 0]
-            except ValueError:
-                client = [host, 0]
-        proto = (handler.headers.get("X-Forwarded-Proto") or "").strip().lower()
-        if proto in ("https", "wss"):
-            scheme = secure_scheme
-        elif proto in ("http", "ws"):
-            scheme = plain_scheme
+        forwarded_client, secure = forwarded(handler.headers)
+        if forwarded_client is not None:
+            client = list(forwarded_client)
+        if secure is not None:
+            scheme = secure_scheme if secure else plain_scheme
     return scheme, client, server
 
 
-def _version(handler: Any) -> str:
+def _version(handler: RequestHandler) -> str:
     version = handler.request_version or "HTTP/1.1"
     return version[5:] if version.startswith("HTTP/") else version
 
 
-def request_message(handler: Any, app: ChannelsApplication) -> dict:
+def request_message(handler: RequestHandler, app: ChannelsApplication) -> dict:
     """The ``http.request`` message of the request ``handler`` has parsed, without
     ``reply_channel`` and ``body`` (added once a route claims it)."""
     path, query = split_path(handler.path)
@@ -138,7 +138,7 @@ class _ClaimCheck:
 _claim_checks: WeakKeyDictionary = WeakKeyDictionary()
 
 
-def claiming_route(handler: Any, app: ChannelsApplication) -> bool:
+def claiming_route(handler: RequestHandler, app: ChannelsApplication) -> bool:
     """Whether an ``http.request`` route claims the request. Routes usually filter on the
     path only: then the answer depends on the request line alone and is remembered."""
     router = app.router
@@ -164,19 +164,9 @@ def claiming_route(handler: Any, app: ChannelsApplication) -> bool:
 StartResponse = Callable[..., Any]
 
 
-def _status_line(status: int) -> str:
-    try:
-        return f"{status} {http.HTTPStatus(status).phrase}"
-    except ValueError:
-        return f"{status} Unknown"
-
-
 def _plain(start_response: StartResponse, status: int, text: str) -> list[bytes]:
-    body = text.encode()
-    start_response(
-        _status_line(status),
-        [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
-    )
+    line, headers, body = plain_text(status, text)
+    start_response(line, headers)
     return [body]
 
 
@@ -195,14 +185,14 @@ class RoutedRequest:
         "finished",
     )
 
-    def __init__(self, app: ChannelsApplication, handler: Any, message: dict):
+    def __init__(self, app: ChannelsApplication, handler: RequestHandler, message: dict):
         self.app = app
         self.handler = handler
-        self.message = message
+        self.message: dict | None = message
         self.reply_channel = ""
         self.replies: deque[dict] = deque()
         self.arrived = Event()
-        self.watcher = None
+        self.watcher: Any = None
         self.client_gone = False
         self.finished = False
 
@@ -225,6 +215,7 @@ class RoutedRequest:
         app = self.app
         self.reply_channel = app.register_endpoint(self, "http")
         message = self.message
+        assert message is not None  # until it is sent
         message["reply_channel"] = self.reply_channel
         message["body"] = body
         try:
@@ -259,7 +250,7 @@ class RoutedRequest:
         try:
             status = int(first.get("status", 200))
             headers = [(_text(name), _text(value)) for name, value in first.get("headers") or ()]
-            start_response(_status_line(status), headers)
+            start_response(status_line(status), headers)
         except Exception:
             self._close()
             logger.exception(
@@ -274,7 +265,7 @@ class RoutedRequest:
             return [content]
         return _Streamed(self, self._stream(content))
 
-    def _stream(self, content: bytes) -> Iterator[bytes]:
+    def _stream(self, content: bytes) -> Generator[bytes]:
         try:
             yield content
             while True:
@@ -329,27 +320,49 @@ class RoutedRequest:
 
     def _watch_client(self) -> None:
         """Notice the client closing its socket while the request is parked."""
-        sock = getattr(self.handler.socket, "_sock", None)
-        if sock is None:
+        sock = self.handler.socket
+        raw = os_socket(sock)
+        if raw is not None:
+            callback: Callable[[], bool | None] = partial(_peer_closed, raw)
+        elif is_tls(sock):
+            callback = self._tls_peer_closed
+        else:
             return
         try:
             watcher = get_hub().loop.io(sock.fileno(), 1)
         except Exception:
             return
         self.watcher = watcher
-        watcher.start(self._on_readable, sock)
+        watcher.start(self._on_readable, callback)
 
-    def _on_readable(self, sock: socket.socket) -> None:
-        try:
-            gone = sock.recv(1, socket.MSG_PEEK) == b""
-        except BlockingIOError:
+    def _on_readable(self, peer_closed: Callable[[], bool | None]) -> None:
+        gone = peer_closed()
+        if gone is None:
             return
-        except OSError:
-            gone = True
         self._stop_watching()
         if gone:
             self.client_gone = True
             self.arrived.set()
+
+    def _tls_peer_closed(self) -> bool | None:
+        """Over TLS the bytes on the socket are records: whether the client closed (its
+        close_notify, or the end of the stream) only shows by reading through TLS. Data
+        read that way is lost to the next request, so the connection is not reused."""
+        sock = self.handler.socket
+        timeout = sock.timeout
+        sock.settimeout(0.0)
+        try:
+            data = sock.recv(1)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return None
+        except (OSError, ValueError):
+            return True
+        finally:
+            sock.settimeout(timeout)
+        if data:
+            self.handler.close_connection = True
+            return False
+        return True
 
     def _stop_watching(self) -> None:
         watcher, self.watcher = self.watcher, None
@@ -392,7 +405,7 @@ class _Streamed:
 
     __slots__ = ("request", "chunks")
 
-    def __init__(self, request: RoutedRequest, chunks: Iterator[bytes]):
+    def __init__(self, request: RoutedRequest, chunks: Generator[bytes]):
         self.request = request
         self.chunks = chunks
 
@@ -402,6 +415,17 @@ class _Streamed:
     def close(self) -> None:
         self.chunks.close()
         self.request._close()
+
+
+def _peer_closed(raw: socket.socket) -> bool | None:
+    """Whether a plain socket that polled readable was closed by the client (a peek: any
+    data stays for the next request); None when nothing is there after all."""
+    try:
+        return raw.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return None
+    except OSError:
+        return True
 
 
 def _text(value: Any) -> str:

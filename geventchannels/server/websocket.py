@@ -7,11 +7,12 @@ Lifecycle (``run`` executes in the pywsgi handler greenlet that parsed the reque
    connection's reply channel: ``accept: True`` or ``text``/``bytes`` accept (101),
    ``accept: False`` or ``close`` reject (403), no reply within the handshake timeout: 403,
    a ``websocket.connect`` channel that stays full for CONNECT_PATIENCE seconds: 503.
-3. The same greenlet reads frames and sends ``websocket.receive`` (``order`` 1, 2, ...).
-4. Replies (delivered in whichever greenlet sent them) are framed at once and written
-   straight to the socket when it can take them; only when the socket is full does a
-   writer greenlet start, and it drains everything queued meanwhile in batched writes.
-   Nothing else ever writes to the socket, so frames never interleave.
+3. The same greenlet reads the socket; the engine (frames.py) turns its bytes into whole
+   messages, each sent as ``websocket.receive`` (``order`` 1, 2, ...). When the bytes end
+   in a protocol violation, the consumers get up to ANSWER_PATIENCE seconds to answer the
+   messages before it, then the connection fails (RFC 6455 7.1.7).
+4. Replies (delivered in whichever greenlet sent them) are framed at once and written by
+   the connection's single writer (writer.py), so frames never interleave.
 5. When the socket ends, ``websocket.disconnect`` carries the close code.
 
 Memory: an idle connection is its handler greenlet, this object and the engine's small
@@ -24,21 +25,21 @@ cannot make the server's memory grow.
 from __future__ import annotations
 
 import logging
-import socket
 import time
-from codecs import getincrementaldecoder
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import gevent
-import gevent.socket
-from gevent import get_hub
 from gevent.event import Event
+from websockets.http11 import Response
 
 from ..exceptions import MessageTooLarge
-from . import wsproto_engine as engine_module
-from .app import Tally
-from .http import endpoints, header_list, split_path
-from .wsproto_engine import BINARY, CONT, TEXT, FrameEngine
+from ..logs import Tally
+from . import handshake
+from .frames import OPEN_STATE, FrameEngine, Message, accept_bytes, check_handshake
+from .http import split_path
+from .interfaces import RequestHandler
+from .responses import plain_response
+from .sockets import os_socket
+from .writer import FrameWriter
 
 if TYPE_CHECKING:
     from .app import ChannelsApplication
@@ -57,43 +58,39 @@ CONNECT_PATIENCE = 1.0
 FULL_PATIENCE = 1.0
 #: Seconds a closed connection waits for room in a full websocket.disconnect channel.
 DISCONNECT_PATIENCE = 10.0
-#: Frames a batch may collect before it is written without waiting for the loop's turn.
-BATCH_FRAMES = 64
+#: Seconds the consumers get to answer the messages that came just before a protocol
+#: violation (one reply each) before the connection fails.
+ANSWER_PATIENCE = 1.0
 #: Bytes asked of the socket per read.
 READ_SIZE = 65536
 
 _monotonic = time.monotonic
-
+_tally_logger = logging.getLogger("geventchannels.server")
 
 _connect_refused = Tally(
     "%d WebSocket handshake(s) answered 503: the websocket.connect channel stayed full for "
-    "%s s (latest: %s). Run more consumers or raise that channel's capacity."
+    "%s s (latest: %s). Run more consumers or raise that channel's capacity.",
+    _tally_logger,
 )
 _receive_full = Tally(
     "%d WebSocket(s) closed with 1013: the websocket.receive channel stayed full for %s s "
-    "(latest: %s). Run more consumers or raise that channel's capacity."
+    "(latest: %s). Run more consumers or raise that channel's capacity.",
+    _tally_logger,
 )
 _disconnect_full = Tally(
     "websocket.disconnect of %d WebSocket(s) not sent: the channel stayed full for %s s "
-    "(latest: %s). Consumers that track sockets in groups will keep stale members."
+    "(latest: %s). Consumers that track sockets in groups will keep stale members.",
+    _tally_logger,
 )
-_disconnect_failed = Tally("websocket.disconnect of %d WebSocket(s) not sent: %s (latest: %s)")
+_disconnect_failed = Tally(
+    "websocket.disconnect of %d WebSocket(s) not sent: %s (latest: %s)", _tally_logger
+)
 
 
-def choose_subprotocol(offered: list[str], supported: list[str]) -> str | None:
-    """The first of the server's CHANNELS_WS_PROTOCOLS that the client offered."""
-    for protocol in supported:
-        if protocol in offered:
-            return protocol
-    return None
-
-
-class WebSocketConnection:
+class WebSocketConnection(FrameWriter):
     __slots__ = (
         "app",
         "handler",
-        "sock",
-        "raw",
         "path",
         "peer",
         "reply_channel",
@@ -102,56 +99,40 @@ class WebSocketConnection:
         "early",
         "decided",
         "order",
-        "writer",
-        "pending",
-        "pending_eof",
         "last_seen",
         "ping_sent_at",
         "close_deadline",
-        "close_code",
-        "fragments",
-        "fragment_text",
-        "decoder",
-        "flush_scheduled",
+        "awaited",
+        "answered",
         "__weakref__",
     )
 
-    def __init__(self, app: ChannelsApplication, handler: Any):
+    engine: FrameEngine
+
+    def __init__(self, app: ChannelsApplication, handler: RequestHandler):
+        super().__init__(handler.socket, os_socket(handler.socket))
         self.app = app
         self.handler = handler
-        self.sock = handler.socket
-        # Replies are first tried with a non-blocking send on the real socket.
-        self.raw = (
-            getattr(self.sock, "_sock", None)
-            if isinstance(self.sock, gevent.socket.socket)
-            else None
-        )
         self.path = split_path(handler.path)[0]
         address = handler.client_address
         self.peer = "{}:{}".format(*address[:2]) if isinstance(address, tuple) else str(address)
         self.reply_channel = ""
         self.state = CONNECTING
-        self.engine: FrameEngine | None = None
         self.early: list[dict] | None = []
         self.decided: Event | None = Event()
         self.order = 0
-        self.writer = None
-        self.pending = b""
-        self.pending_eof = False
         self.last_seen = 0.0
         self.ping_sent_at = 0.0
         self.close_deadline = 0.0
-        self.close_code: int | None = None
-        self.fragments: list[bytes] | None = None
-        self.fragment_text = False
-        self.decoder = None
-        self.flush_scheduled = False
+        #: Replies still awaited (and their event) while a violation waits to be failed.
+        self.awaited = 0
+        self.answered: Event | None = None
 
     # -- lifecycle, in the handler greenlet -----------------------------------
 
     def run(self) -> None:
         handler = self.handler
-        response = engine_module.check_handshake(
+        response = check_handshake(
             handler.command,
             handler.path,
             handler.request_version or "HTTP/1.1",
@@ -163,7 +144,7 @@ class WebSocketConnection:
             return
         app = self.app
         if app.stopping:
-            self._send_plain(engine_module.http_response(503, "Server is shutting down.\n"))
+            self._send_plain(plain_response(503, "Server is shutting down.\n"))
             self._log("REJECT")
             return
         self.reply_channel = app.register_endpoint(self, "ws")
@@ -177,21 +158,9 @@ class WebSocketConnection:
             self.state = CLOSED
             app.unregister_endpoint(self.reply_channel)
 
-    def _handshake(self, response: Any) -> bool:
+    def _handshake(self, response: Response) -> bool:
         app, config, handler = self.app, self.app.config, self.handler
-        scheme, client, server = endpoints(handler, config.proxy_headers, "wss", "ws")
-        path, query = split_path(handler.path)
-        message = {
-            "reply_channel": self.reply_channel,
-            "scheme": scheme,
-            "path": path,
-            "query_string": query,
-            "root_path": config.root_path,
-            "headers": header_list(handler.headers),
-            "client": client,
-            "server": server,
-            "order": 0,
-        }
+        message = handshake.connect_message(handler, self.reply_channel, config)
         self._log("HANDSHAKING")
         timeout = config.websocket_handshake_timeout
         patience = min(CONNECT_PATIENCE, timeout)
@@ -199,33 +168,30 @@ class WebSocketConnection:
         try:
             sent = app.send_when_room("websocket.connect", message, patience)
         except MessageTooLarge:
-            self._send_plain(engine_module.http_response(431, "Request headers too large.\n"))
+            self._send_plain(plain_response(431, "Request headers too large.\n"))
             self._log("REJECT")
             return False
         if not sent:
-            _connect_refused.add(patience, path)
-            self._send_plain(engine_module.http_response(503, "Server busy.\n"))
+            _connect_refused.add(patience, self.path)
+            self._send_plain(plain_response(503, "Server busy.\n"))
             self._log("REJECT")
             return False
         decision = self._await_decision(timeout - (_monotonic() - started))
-        if decision is None or not self._accepts(decision):
+        if decision is None or not handshake.accepts(decision):
             if decision is None:
                 logger.warning(
                     "websocket.connect for %s not answered within %s seconds; rejecting "
                     "(raise WEBSOCKET_HANDSHAKE_TIMEOUT or answer sooner)",
-                    path,
+                    self.path,
                     config.websocket_handshake_timeout,
                 )
-            self._send_plain(engine_module.http_response(403, "WebSocket connection refused.\n"))
+            self._send_plain(plain_response(403, "WebSocket connection refused.\n"))
             self._log("REJECT")
             return False
-        offered = handler.headers.get_all("Sec-WebSocket-Protocol") or ()
-        subprotocol = decision.get("subprotocol") or choose_subprotocol(
-            engine_module.offered_subprotocols(offered), config.ws_protocols
-        )
-        leftover = self._take_buffered_input()
+        subprotocol = handshake.subprotocol(handler, decision, config.ws_protocols)
+        leftover = handshake.take_buffered_input(handler)
         try:
-            self.sock.sendall(engine_module.accept_bytes(response, subprotocol))
+            self.sock.sendall(accept_bytes(response, subprotocol))
         except OSError:
             return False
         self.engine = FrameEngine(
@@ -236,7 +202,7 @@ class WebSocketConnection:
         early, self.early, self.decided = self.early, None, None
         app.track_websocket(self)
         self._log("CONNECT")
-        for reply in early:
+        for reply in early or ():
             self.deliver(reply)
         if leftover:
             self._receive(leftover)
@@ -245,48 +211,18 @@ class WebSocketConnection:
     def _await_decision(self, timeout: float) -> dict | None:
         """The first reply that accepts or rejects, or None after ``timeout``."""
         deadline = _monotonic() + timeout
-        early = self.early
+        early, decided = self.early, self.decided
+        assert early is not None and decided is not None  # until the handshake is decided
         while True:
             for reply in early:
-                if "accept" in reply or "close" in reply or "text" in reply or "bytes" in reply:
+                if handshake.is_decision(reply):
                     return reply
             remaining = deadline - _monotonic()
             if remaining <= 0:
                 return None
-            self.decided.clear()
-            if not self.decided.wait(remaining):
+            decided.clear()
+            if not decided.wait(remaining):
                 return None
-
-    @staticmethod
-    def _accepts(reply: dict) -> bool:
-        if reply.get("accept") is False:
-            return False
-        if reply.get("accept") or reply.get("text") is not None or reply.get("bytes") is not None:
-            return True
-        return not reply.get("close")
-
-    def _take_buffered_input(self) -> bytes:
-        """Bytes pywsgi's reader buffered past the request (a client that sent frames
-        early), and release that reader: the connection reads the socket directly."""
-        handler = self.handler
-        rfile = handler.__dict__.pop("rfile", None)
-        data = b""
-        if rfile is not None:
-            timeout = self.sock.timeout
-            try:
-                self.sock.settimeout(0.0)
-                data = rfile.peek(READ_SIZE) or b""
-                if data:
-                    data = rfile.read(len(data))
-            except (OSError, ValueError):
-                data = b""
-            finally:
-                self.sock.settimeout(timeout)
-                rfile.close()
-        handler.environ = None
-        for name in ("wsgi_input", "headers"):  # the class attributes take their place
-            handler.__dict__.pop(name, None)
-        return data
 
     def _read_frames(self) -> None:
         recv = self.sock.recv
@@ -294,7 +230,7 @@ class WebSocketConnection:
         while True:
             try:
                 data = recv(READ_SIZE)
-            except OSError:
+            except (OSError, ValueError):  # ValueError: a TLS socket aborted meanwhile
                 data = b""
             if not data:
                 engine.receive_eof()
@@ -305,65 +241,23 @@ class WebSocketConnection:
                 return
 
     def _receive(self, data: bytes) -> bool:
-        """Feed bytes to the engine and act on the frames; False once the connection
-        is over (the engine sent or received a close and ended the stream)."""
+        """Pass on the messages ``data`` completes; False once the connection is over
+        (the engine sent or received a close and ended the stream)."""
         engine = self.engine
         self.last_seen = _monotonic()
         self.ping_sent_at = 0.0
-        engine.receive_data(data)
-        events = engine.events
-        if events:
-            engine.events = []
-            for frame in events:
-                opcode = frame.opcode
-                if opcode is TEXT or opcode is BINARY:
-                    if frame.fin:
-                        if opcode is TEXT:
-                            try:
-                                text = frame.data.decode()
-                            except UnicodeDecodeError:
-                                self._fail(1007, "invalid UTF-8")
-                                break
-                            self._dispatch("text", text)
-                        else:
-                            self._dispatch("bytes", frame.data)
-                    else:
-                        self.fragments = [frame.data]
-                        self.fragment_text = opcode is TEXT
-                        if self.fragment_text and not self._check_utf8(frame.data, False):
-                            break
-                elif opcode is CONT:
-                    if self.fragments is None:
-                        continue
-                    self.fragments.append(frame.data)
-                    if self.fragment_text and not self._check_utf8(frame.data, frame.fin):
-                        break
-                    if frame.fin:
-                        payload = b"".join(self.fragments)
-                        self.fragments = None
-                        if self.fragment_text:
-                            self.decoder = None
-                            self._dispatch("text", payload.decode())
-                        else:
-                            self._dispatch("bytes", payload)
+        messages = engine.receive(data)
+        for message in messages:
+            self._dispatch(message)
+        if engine.violation is not None:
+            if messages:
+                self._await_answers(len(messages))
+            self._fail_violation()
         if engine.writes:
             self._flush()
         return not engine.eof_sent
 
-    def _check_utf8(self, data: bytes, final: bool) -> bool:
-        """Fail fast on invalid UTF-8 in a fragmented text message (RFC 6455 8.1)."""
-        if self.decoder is None:
-            self.decoder = getincrementaldecoder("utf-8")()
-        try:
-            self.decoder.decode(data, final)
-        except UnicodeDecodeError:
-            self.fragments = None
-            self.decoder = None
-            self._fail(1007, "invalid UTF-8")
-            return False
-        return True
-
-    def _dispatch(self, key: str, value: Any) -> None:
+    def _dispatch(self, content: Message) -> None:
         if self.close_code is not None:
             return  # closing on our side: what the client still sends is not passed on
         self.order += 1
@@ -371,7 +265,7 @@ class WebSocketConnection:
             "reply_channel": self.reply_channel,
             "path": self.path,
             "order": self.order,
-            key: value,
+            "text" if type(content) is str else "bytes": content,
         }
         try:
             if not self.app.send_when_room("websocket.receive", message, FULL_PATIENCE):
@@ -383,10 +277,29 @@ class WebSocketConnection:
                 "(%s); closing with 1009. Keep WEBSOCKET_MAX_MESSAGE_SIZE below the layer's "
                 "limit or raise the layer's max_message_size.",
                 self.reply_channel,
-                len(value),
+                len(content),
                 getattr(self.app.layer, "max_message_size", "?"),
             )
             self.close(1009)
+
+    def _await_answers(self, count: int) -> None:
+        """Before failing for a violation, let the replies to the ``count`` messages that
+        came before it leave first (what Autobahn calls strict), for ANSWER_PATIENCE
+        seconds at most."""
+        if self.close_code is not None:
+            return
+        answered = self.answered = Event()
+        self.awaited = count
+        try:
+            answered.wait(ANSWER_PATIENCE)
+        finally:
+            self.awaited = 0
+            self.answered = None
+
+    def _answer_seen(self, last: bool = False) -> None:
+        self.awaited = 0 if last else self.awaited - 1
+        if not self.awaited and self.answered is not None:
+            self.answered.set()
 
     def _finish(self) -> None:
         """After the reader stops: let the writer finish (briefly), close the socket and
@@ -398,9 +311,8 @@ class WebSocketConnection:
             writer.join(timeout=1.0)
             if self.writer is not None:
                 writer.kill(block=False)
-        self._drop()
-        engine = self.engine
-        code = self.close_code or engine.received_close_code() or engine.sent_close_code() or 1006
+        self.abort()
+        code = self.close_code or self.engine.close_code_seen() or 1006
         self.order += 1
         message = {
             "reply_channel": self.reply_channel,
@@ -423,12 +335,14 @@ class WebSocketConnection:
         """Act on a reply: ``text``/``bytes`` frames, ``close``, ``accept``."""
         state = self.state
         if state is not OPEN:
-            if state is CONNECTING:
+            if state is CONNECTING and self.early is not None and self.decided is not None:
                 self.early.append(message)
                 self.decided.set()
             return
+        if self.awaited:
+            self._answer_seen()
         engine = self.engine
-        if engine.state is not engine_module.OPEN_STATE or self.close_code is not None:
+        if engine.state is not OPEN_STATE or self.close_code is not None:
             return
         text = message.get("text")
         data = message.get("bytes")
@@ -461,8 +375,10 @@ class WebSocketConnection:
         """Start the closing handshake with ``code``; the client has CLOSE_TIMEOUT
         seconds to answer before the TCP connection is dropped."""
         engine = self.engine
-        if self.state is not OPEN or engine.state is not engine_module.OPEN_STATE:
+        if self.state is not OPEN or engine.state is not OPEN_STATE:
             return
+        if self.awaited:
+            self._answer_seen(last=True)
         try:
             engine.send_close(int(code))
         except Exception:
@@ -480,11 +396,21 @@ class WebSocketConnection:
     def _fail(self, code: int, reason: str = "") -> None:
         """Fail the connection (RFC 6455 7.1.7): close frame, then end the stream."""
         engine = self.engine
-        if engine.state is not engine_module.OPEN_STATE:
+        if engine.state is not OPEN_STATE:
             return
         self.close_code = code
         engine.fail(code, reason)
         self.close_deadline = _monotonic() + CLOSE_TIMEOUT
+        self._flush()
+
+    def _fail_violation(self) -> None:
+        """Fail for the violation the engine found; if the server closed meanwhile, its
+        close frame stands and only the stream ends."""
+        engine = self.engine
+        if engine.state is OPEN_STATE and engine.violation is not None:
+            self.close_code = engine.violation[0]
+            self.close_deadline = _monotonic() + CLOSE_TIMEOUT
+        engine.fail_violation()
         self._flush()
 
     def check_keepalive(self, now: float, interval: float, timeout: float) -> None:
@@ -495,7 +421,7 @@ class WebSocketConnection:
             return
         if self.close_deadline:
             if now > self.close_deadline:
-                self._drop()
+                self.abort()
         elif self.ping_sent_at:
             if now - self.ping_sent_at > timeout:
                 logger.info(
@@ -505,7 +431,7 @@ class WebSocketConnection:
                 )
                 if self.writer is not None:
                     self.close_code = 1011
-                    self._drop()
+                    self.abort()
                 else:
                     self._fail(1011, "keepalive ping timeout")
         elif interval and now - self.last_seen > interval:
@@ -513,107 +439,7 @@ class WebSocketConnection:
             self.ping_sent_at = now
             self._flush()
 
-    # -- the single writer -----------------------------------------------------
-
-    def _flush_soon(self) -> None:
-        """Write replies at the end of this turn of the event loop, so that replies
-        sent by several consumers in the same turn leave in one system call."""
-        if self.writer is not None:
-            if len(self.engine.writes) > self.app.config.websocket_outbound_queue:
-                self._overflow()
-        elif not self.flush_scheduled:
-            self.flush_scheduled = True
-            get_hub().loop.run_callback(self._scheduled_flush)
-        elif len(self.engine.writes) >= BATCH_FRAMES:
-            self._flush()
-
-    def _scheduled_flush(self) -> None:
-        self.flush_scheduled = False
-        if self.engine.writes:
-            self._flush()
-
-    def _flush(self) -> None:
-        """Write what the engine has queued: straight to the socket when it can take it
-        all, else hand the rest to the writer greenlet."""
-        engine = self.engine
-        if self.writer is not None:
-            if len(engine.writes) > self.app.config.websocket_outbound_queue:
-                self._overflow()
-            return
-        data, eof = engine.take_output()
-        if data:
-            raw = self.raw
-            if raw is not None:
-                try:
-                    sent = raw.send(data)
-                except BlockingIOError:
-                    sent = 0
-                except OSError:
-                    self._drop()
-                    return
-                if sent == len(data):
-                    if eof:
-                        self._drop()
-                    return
-                data = data[sent:]
-            self.pending = data
-            self.pending_eof = eof
-            self.writer = gevent.spawn(self._write_loop)
-        elif eof:
-            self._drop()
-
-    def _write_loop(self) -> None:
-        sendall = self.sock.sendall
-        take_output = self.engine.take_output
-        try:
-            while True:
-                data, eof = self.pending, self.pending_eof
-                self.pending, self.pending_eof = b"", False
-                if data:
-                    sendall(data)
-                if eof:
-                    self._drop()
-                    return
-                data, eof = take_output()
-                if not data and not eof:
-                    return
-                self.pending, self.pending_eof = data, eof
-        except OSError:
-            self._drop()
-        finally:
-            self.writer = None
-
-    def _overflow(self) -> None:
-        logger.warning(
-            "%s: more than %d frames wait for a client that is not reading; dropping the "
-            "connection (code 1008). Raise WEBSOCKET_OUTBOUND_QUEUE or send less.",
-            self.reply_channel,
-            self.app.config.websocket_outbound_queue,
-        )
-        self.close_code = 1008
-        self.engine.writes = []
-        self.pending = b""
-        writer = self.writer
-        if writer is not None:
-            writer.kill(block=False)
-        self._drop()
-
-    def _drop(self) -> None:
-        """End the TCP connection now; the reader wakes up with EOF. Also how the
-        engine's end of stream is carried out: after a close handshake or a failure the
-        server closes first (RFC 6455 7.1.1)."""
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
     # -- helpers ---------------------------------------------------------------
-
-    def _send_plain(self, data: bytes) -> None:
-        try:
-            self.sock.sendall(data)
-        except OSError:
-            pass
 
     def _log(self, event: str) -> None:
         access_log.info("WebSocket %s %s [%s]", event, self.path, self.peer)

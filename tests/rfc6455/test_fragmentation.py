@@ -118,12 +118,22 @@ def test_5_15_continuation_after_a_finished_message_fails_with_1002(ws):
     ws.fail_with(1002)
 
 
-def test_5_15_same_write_the_echo_is_optional(ws):
+def test_5_15_same_write_the_message_is_echoed_before_the_failure(ws):
+    """Autobahn 5.15, strict: the finished message is answered before the stray
+    continuation fails the connection."""
     ws.send_raw(
         fragments(OP_TEXT, [b"frag1", b"frag2"])
         + encode_frame(OP_CONTINUATION, b"frag3", fin=False)
+        + encode_frame(OP_CONTINUATION, b"frag4", fin=True)
     )
-    ws.fail_with(1002, allow=(OP_TEXT,))
+    assert ws.recv_text() == "frag1frag2"
+    ws.fail_with(1002)
+
+
+def test_stray_continuation_after_an_unfragmented_message_in_the_same_write(ws):
+    ws.send_raw(encode_frame(OP_TEXT, "whole") + encode_frame(OP_CONTINUATION, b"stray"))
+    assert ws.recv_text() == "whole"
+    ws.fail_with(1002)
 
 
 @pytest.mark.parametrize("second", [OP_TEXT, OP_BINARY])

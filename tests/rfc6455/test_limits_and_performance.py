@@ -2,7 +2,7 @@
 
 The server bounds what one client can make it buffer (WEBSOCKET_MAX_FRAME_SIZE,
 WEBSOCKET_MAX_MESSAGE_SIZE); over either it fails the connection with 1009 "message too
-big" (RFC 6455 7.4.1). Sizes here stay near 1 MB so the whole directory runs in seconds.
+big" (RFC 6455 7.4.1). Sizes here stay near 1 MiB so the whole directory runs in seconds.
 """
 
 from __future__ import annotations
@@ -72,16 +72,31 @@ def test_9_3_9_4_one_megabyte_message_in_64k_fragments(ws, opcode):
     assert ws.recv_message(timeout=20) == (opcode, data)
 
 
-def test_9_x_message_at_the_default_size_limit_is_delivered(ws):
-    """WEBSOCKET_MAX_MESSAGE_SIZE defaults to 1 MB (1,000,000 bytes) and only *larger*
-    messages close with 1009, so a message of exactly that size reaches the consumer."""
-    data = b"L" * 1_000_000
-    ws.send_raw(fragmented(OP_BINARY, data, 256 * 1024))
-    assert ws.recv_message(timeout=20) == (OP_BINARY, data)
+#: WEBSOCKET_MAX_MESSAGE_SIZE and WEBSOCKET_MAX_FRAME_SIZE by default: 1 MiB.
+DEFAULT_LIMIT = 1_048_576
 
 
-def test_9_x_message_over_the_default_size_limit_fails_with_1009(ws):
-    ws.send_raw(fragmented(OP_BINARY, b"L" * 1_000_001, 256 * 1024))
+@pytest.mark.parametrize("opcode", [OP_TEXT, OP_BINARY], ids=["text", "binary"])
+@pytest.mark.parametrize("fragment", [None, 256 * 1024], ids=["one-frame", "fragments"])
+def test_9_x_message_at_the_default_size_limit_is_echoed(ws, opcode, fragment):
+    """Only messages *larger* than the 1 MiB default close with 1009: one of exactly
+    1,048,576 bytes reaches the consumer through the default channel layer and its
+    echo comes back whole (issue 7.3)."""
+    data = random.Random(7).randbytes(DEFAULT_LIMIT).translate(LETTERS)
+    if fragment:
+        ws.send_raw(fragmented(opcode, data, fragment))
+    else:
+        ws.send_frame(opcode, data)
+    assert ws.recv_message(timeout=20) == (opcode, data)
+
+
+@pytest.mark.parametrize("fragment", [None, 256 * 1024], ids=["one-frame", "fragments"])
+def test_9_x_message_over_the_default_size_limit_fails_with_1009(ws, fragment):
+    data = b"L" * (DEFAULT_LIMIT + 1)
+    if fragment:
+        ws.send_raw(fragmented(OP_TEXT, data, fragment))
+    else:
+        ws.send_frame(OP_TEXT, data)
     ws.fail_with(1009)
 
 

@@ -1,0 +1,44 @@
+"""Logging helpers shared by the server, the layers and the worker."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import gevent
+
+#: Seconds between two log lines of a warning that many connections hit at once.
+TALLY_INTERVAL = 5.0
+
+
+class Tally:
+    """A warning that many connections can hit at once (a burst, a shutdown): the first
+    is logged at once, later ones are counted and logged as one line per TALLY_INTERVAL.
+
+    ``template`` takes the count, then the arguments of the latest ``add``.
+    """
+
+    __slots__ = ("template", "logger", "count", "args", "reporter")
+
+    def __init__(self, template: str, logger: logging.Logger):
+        self.template = template
+        self.logger = logger
+        self.count = 0
+        self.args: tuple = ()
+        self.reporter: gevent.Greenlet | None = None
+
+    def add(self, *args: Any) -> None:
+        if self.reporter is None:
+            self.logger.warning(self.template, 1, *args)
+            self.reporter = gevent.spawn_later(TALLY_INTERVAL, self._report)
+        else:
+            self.count += 1
+            self.args = args
+
+    def _report(self) -> None:
+        count, self.count = self.count, 0
+        if count:
+            self.logger.warning(self.template, count, *self.args)
+            self.reporter = gevent.spawn_later(TALLY_INTERVAL, self._report)
+        else:
+            self.reporter = None

@@ -1,0 +1,86 @@
+"""The parts of a WebSocket's opening handshake that need no connection state: the
+``websocket.connect`` message, reading a consumer's decision, the subprotocol, and taking
+the socket over from pywsgi's reader. The connection (websocket.py) holds the handshake
+until a consumer decides; the RFC 6455 checks themselves are the engine's (frames.py).
+"""
+
+from __future__ import annotations
+
+from .config import ServerConfig
+from .frames import offered_subprotocols
+from .http import endpoints, header_list, split_path
+from .interfaces import RequestHandler
+
+#: Bytes taken at most from pywsgi's read buffer after the request head.
+BUFFERED_LIMIT = 65536
+
+
+def connect_message(handler: RequestHandler, reply_channel: str, config: ServerConfig) -> dict:
+    """The ``websocket.connect`` message of the handshake request ``handler`` parsed."""
+    scheme, client, server = endpoints(handler, config.proxy_headers, "wss", "ws")
+    path, query = split_path(handler.path)
+    return {
+        "reply_channel": reply_channel,
+        "scheme": scheme,
+        "path": path,
+        "query_string": query,
+        "root_path": config.root_path,
+        "headers": header_list(handler.headers),
+        "client": client,
+        "server": server,
+        "order": 0,
+    }
+
+
+def is_decision(reply: dict) -> bool:
+    """Whether a reply that came before the handshake was answered accepts or rejects."""
+    return "accept" in reply or "close" in reply or "text" in reply or "bytes" in reply
+
+
+def accepts(reply: dict) -> bool:
+    if reply.get("accept") is False:
+        return False
+    if reply.get("accept") or reply.get("text") is not None or reply.get("bytes") is not None:
+        return True
+    return not reply.get("close")
+
+
+def choose_subprotocol(offered: list[str], supported: list[str]) -> str | None:
+    """The first of the server's CHANNELS_WS_PROTOCOLS that the client offered."""
+    for protocol in supported:
+        if protocol in offered:
+            return protocol
+    return None
+
+
+def subprotocol(handler: RequestHandler, decision: dict, supported: list[str]) -> str | None:
+    """The consumer's ``subprotocol``, else the first supported one the client offered."""
+    offered = handler.headers.get_all("Sec-WebSocket-Protocol") or ()
+    return decision.get("subprotocol") or choose_subprotocol(
+        offered_subprotocols(offered), supported
+    )
+
+
+def take_buffered_input(handler: RequestHandler) -> bytes:
+    """Bytes pywsgi's reader buffered past the request (a client that sent frames early),
+    and release that reader and the request's parsed state: from now on the connection
+    reads the socket directly, and an idle connection keeps none of it."""
+    sock = handler.socket
+    rfile = handler.__dict__.pop("rfile", None)
+    data = b""
+    if rfile is not None:
+        timeout = sock.timeout
+        try:
+            sock.settimeout(0.0)
+            data = rfile.peek(BUFFERED_LIMIT) or b""
+            if data:
+                data = rfile.read(len(data))
+        except (OSError, ValueError):
+            data = b""
+        finally:
+            sock.settimeout(timeout)
+            rfile.close()
+    handler.environ = None
+    for name in ("wsgi_input", "headers"):  # the class attributes take their place
+        handler.__dict__.pop(name, None)
+    return data
