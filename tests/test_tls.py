@@ -18,7 +18,6 @@ import json
 import socket
 import ssl
 import time
-from pathlib import Path
 
 import gevent
 import pytest
@@ -32,7 +31,7 @@ from geventchannels.routing import route
 from tests.livesrv import Recorder, live_server
 
 from .conftest import free_port
-from .runmodes.process import BIN, PYTHON, ServerProcess
+from .runmodes.process import BIN, ServerProcess
 from .test_gunicorn import gunicorn
 
 pytestmark = pytest.mark.timeout(60)
@@ -289,25 +288,24 @@ def test_gunicorn_with_certfile_serves_https_and_wss(certificate):
         assert "WRONG_VERSION_NUMBER" not in server.output
 
 
+def serve(port: int, *options: str) -> list[str]:
+    """``geventchannels serve`` of the run-mode project on ``port``."""
+    return [
+        str(BIN / "geventchannels"),
+        "serve",
+        "rmproject.wsgi",
+        "--settings",
+        "rmproject.settings",
+        "--bind",
+        str(port),
+        *options,
+    ]
+
+
 def test_geventchannels_serve_with_certfile_and_keyfile_serves_https_and_wss(certificate):
     certfile, keyfile = certificate
     port = free_port()
-    command = [
-        PYTHON,
-        "-m",
-        "geventchannels",
-        "serve",
-        "rmproject.wsgi",
-        "--bind",
-        str(port),
-        "--settings",
-        "rmproject.settings",
-        "--certfile",
-        certfile,
-        "--keyfile",
-        keyfile,
-    ]
-    with ServerProcess(command, port) as server:
+    with ServerProcess(serve(port, "--certfile", certfile, "--keyfile", keyfile), port) as server:
         server.wait_listening()
         assert wait_https(server, port, certfile) == server.pid
         check_wss_echo(port, certfile, server.pid)
@@ -317,36 +315,14 @@ def test_geventchannels_serve_with_certfile_and_keyfile_serves_https_and_wss(cer
 
 def test_geventchannels_serve_with_an_unreadable_certificate_says_why(tmp_path):
     missing = tmp_path / "missing.pem"
-    command = [
-        str(BIN / "geventchannels"),
-        "serve",
-        "rmproject.wsgi",
-        "--bind",
-        str(free_port()),
-        "--settings",
-        "rmproject.settings",
-        "--certfile",
-        str(missing),
-    ]
-    with ServerProcess(command) as server:
+    with ServerProcess(serve(free_port(), "--certfile", str(missing))) as server:
         assert server.exit_code() == 2
         assert f"cannot serve TLS with {missing}" in server.output
 
 
 def test_keyfile_without_certfile_is_a_usage_error(tmp_path):
-    key = Path(tmp_path / "key.pem")
+    key = tmp_path / "key.pem"
     key.write_text("")
-    command = [
-        PYTHON,
-        "-m",
-        "geventchannels",
-        "serve",
-        "rmproject.wsgi",
-        "--settings",
-        "rmproject.settings",
-        "--keyfile",
-        str(key),
-    ]
-    with ServerProcess(command) as server:
+    with ServerProcess(serve(free_port(), "--keyfile", str(key))) as server:
         assert server.exit_code() == 2
         assert "--keyfile needs --certfile" in server.output

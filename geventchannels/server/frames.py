@@ -147,7 +147,8 @@ class FrameEngine(ServerProtocol):
         #: (close code, reason) of the failure :meth:`receive` found, until it is failed.
         self.violation: tuple[int, str] | None = None
         self._messages: list[Message] = []
-        self._fragments: list[bytes] | None = None
+        #: The parts of a fragmented message so far: str for text (decoded), else bytes.
+        self._fragments: list[Any] | None = None
         self._decoder: Any = None
         self._deferring = False
 
@@ -229,9 +230,8 @@ class FrameEngine(ServerProtocol):
             if frame.fin:
                 self._messages.append(bytes(frame.data).decode())  # bad: 1007 (websockets)
             else:
-                self._fragments = [bytes(frame.data)]
                 self._decoder = _Utf8Decoder()
-                self._decoder.decode(frame.data, False)
+                self._fragments = [self._decoder.decode(frame.data, False)]
         elif opcode is BINARY:
             if frame.fin:
                 self._messages.append(bytes(frame.data))
@@ -241,18 +241,17 @@ class FrameEngine(ServerProtocol):
             fragments = self._fragments
             if fragments is None:  # never: websockets refuses a continuation without start
                 return
-            fragments.append(bytes(frame.data))
             decoder = self._decoder
-            if decoder is not None:
-                decoder.decode(frame.data, frame.fin)
+            if decoder is None:
+                fragments.append(bytes(frame.data))
+            else:
+                # Decoded as they come, so bad UTF-8 fails at its fragment (1007).
+                fragments.append(decoder.decode(frame.data, frame.fin))
             if frame.fin:
-                payload = b"".join(fragments)
-                self._fragments = None
-                if decoder is not None:
-                    self._decoder = None
-                    self._messages.append(payload.decode())
-                else:
-                    self._messages.append(payload)
+                self._fragments = self._decoder = None
+                self._messages.append(
+                    b"".join(fragments) if decoder is None else "".join(fragments)
+                )
 
     def fail(self, code: int, reason: str = "") -> None:
         """websockets' fail(); while :meth:`receive` parses, the failure is deferred."""
