@@ -1,100 +1,33 @@
-"""Run the real geventchannels server in-process for a test: ``live_server(routing)``.
-
-::
+"""The real geventchannels server in-process for a test: ``live_server(routing)``, a thin
+layer over :func:`geventchannels.test.live_server` (see its docs)::
 
     with live_server([route("websocket.receive", echo)], HTTP_TIMEOUT=2) as server:
         ws = websocket.create_connection(server.ws_url + "/chat/")
 
-The server listens on 127.0.0.1 at a free port, in this process's gevent hub, with the
-given channel routing (a list of route()s or a dict), a fresh InMemoryChannelLayer (unless
-``layer`` is given) and its consumer Worker running. Keyword arguments are GEVENTCHANNELS
-settings overrides (``WEBSOCKET_PING_INTERVAL=0.2``). While it runs, the layer is also
-``channel_layers["default"]``, so ``Channel(name)`` and ``Group(name)`` in consumers reach it. Blocking clients must run in real
-threads (``gevent.threadpool``/``run_in_thread``) or be gevent-patched (the suite runs
-under ``python -m gevent.monkey``, so plain sockets are cooperative).
+Unlike the public helper, ``routing`` defaults to no routes (not the project's). The layer
+is a fresh InMemoryChannelLayer unless ``layer`` is given; keyword arguments are
+GEVENTCHANNELS settings overrides (``WEBSOCKET_PING_INTERVAL=0.2``). A consumer that raises
+fails the test where it waits. Blocking clients must run in real threads or be
+gevent-patched (the suite runs under ``python -m gevent.monkey``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 from gevent.event import Event
 
-from geventchannels.asgi import ChannelLayerWrapper, channel_layers
-from geventchannels.server import ChannelsApplication, ChannelsWSGIServer
+from geventchannels.test.live import LiveServer
+from geventchannels.test.live import live_server as _live_server
+
+__all__ = ["LiveServer", "Recorder", "live_server"]
 
 
-class LiveServer:
-    def __init__(self, app: ChannelsApplication, server: ChannelsWSGIServer, tls: bool = False):
-        self.app = app
-        self.server = server
-        self.host = "127.0.0.1"
-        self.port = server.server_port
-        self.tls = tls
-
-    @property
-    def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"{'wss' if self.tls else 'ws'}://{self.host}:{self.port}"
-
-    @property
-    def layer(self):
-        return self.app.layer
-
-
-@contextlib.contextmanager
-def live_server(
-    routing: Any = (),
-    *,
-    layer: Any = None,
-    wsgi_app: Any = None,
-    run_worker: bool = True,
-    worker_concurrency: int | None = 20,
-    ssl_context: Any = None,
-    **settings_overrides: Any,
-) -> Iterator[LiveServer]:
-    """Start the server, yield a :class:`LiveServer`, stop it (WebSockets get 1001).
-    With ``ssl_context`` it speaks TLS (https://, wss://)."""
-    if layer is None:
-        from geventchannels.layers.inmemory import InMemoryChannelLayer
-
-        layer = InMemoryChannelLayer()
-    if wsgi_app is None:
-        from django.core.wsgi import get_wsgi_application
-
-        wsgi_app = get_wsgi_application()
-    wrapper = ChannelLayerWrapper(
-        layer, "default", list(routing) if isinstance(routing, tuple) else routing
-    )
-    app = ChannelsApplication(
-        wsgi_app,
-        wrapper,
-        overrides=settings_overrides,
-        run_worker=run_worker,
-        worker_concurrency=worker_concurrency,
-    )
-    tls = {"ssl_context": ssl_context} if ssl_context is not None else {}
-    server = ChannelsWSGIServer(("127.0.0.1", 0), app, **tls)
-    # Channel("name") / Group("name") in consumers use the "default" alias: make it ours.
-    previous = channel_layers.set("default", wrapper)
-    app.start()
-    server.start()
-    try:
-        yield LiveServer(app, server, tls=ssl_context is not None)
-    finally:
-        server.close()
-        try:
-            app.stop(2.0)
-            server.stop(timeout=1)
-        finally:
-            channel_layers.set("default", previous)
-            layer.close()
+def live_server(routing: Any = (), **options: Any) -> AbstractContextManager[LiveServer]:
+    """Start the server, yield a :class:`LiveServer`, stop it (WebSockets get 1001)."""
+    return _live_server(list(routing) if isinstance(routing, tuple) else routing, **options)
 
 
 class Recorder:
