@@ -15,3 +15,7 @@ class GeventChannelsConfig(AppConfig):
         from .management import replace_staticfiles_runserver
 
         replace_staticfiles_runserver()
+
+        from .auth import connect_signals
+
+        connect_signals()

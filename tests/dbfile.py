@@ -1,0 +1,34 @@
+"""A migrated SQLite file as the test project's database, for the tests that need users and
+sessions.
+
+The test settings use ``:memory:``, and under gevent every greenlet has its own connection,
+so each would see its own empty database; a file is shared by all of them (and by the
+server processes a test starts). Made once per test process, on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+_path: str | None = None
+
+
+def file_database() -> str:
+    """Point the ``default`` database at a migrated SQLite file; returns its path."""
+    global _path
+    if _path is not None:
+        return _path
+    from django.core.management import call_command
+    from django.db import connection, connections
+
+    descriptor, path = tempfile.mkstemp(prefix="gc-tests-", suffix=".sqlite3")
+    os.close(descriptor)
+    connections.close_all()
+    connections.settings["default"]["NAME"] = path
+    with connection.cursor() as cursor:
+        # Several processes (the multi-process tests) write to it at once.
+        cursor.execute("PRAGMA journal_mode=WAL")
+    call_command("migrate", verbosity=0, interactive=False)
+    _path = path
+    return path
