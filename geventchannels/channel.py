@@ -9,6 +9,7 @@ sends at once. The buffer belongs to one greenlet; other greenlets are unaffecte
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from greenlet import getcurrent
@@ -119,6 +120,14 @@ class Channel(_Named):
                 buffer.append((layer, self.name, content, False))
                 return
         self.channel_layer.send(self.name, content)
+
+    @staticmethod
+    def consumer(channels: str | Iterable[str], *more: str, **filters: Any) -> Callable:
+        """``@Channel.consumer("chat.receive", path=...)``: the routing decorator of the
+        first Channels preview, the same as :func:`geventchannels.routing.consumer`."""
+        from .routing import consumer
+
+        return consumer(channels, *more, **filters)
 
 
 class Group(_Named):

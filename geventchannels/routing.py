@@ -8,6 +8,10 @@
         include("news.routing.routes", path=r"^/news"),
     ]
 
+Consumers may also name their channels themselves with ``@consumer("chat.receive")`` (or
+``@Channel.consumer``); ``include("chat.consumers")`` then routes that module's
+decorated consumers, in the order they are defined.
+
 A filter is a regex ``re.match``-ed against the message key of the same name; its named
 groups become the consumer's keyword arguments. ``include`` strips the part of the value
 its own filter matched before the inner routes see it. The Router flattens all of this
@@ -19,7 +23,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from typing import Any
+from importlib import import_module
+from types import ModuleType
+from typing import Any, TypeVar
 
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
@@ -27,6 +33,7 @@ from django.utils.module_loading import import_string
 from .utils import name_that_thing
 
 Consumer = Callable[..., Any]
+C = TypeVar("C", bound=Callable[..., Any])
 
 
 def _import(path: str, what: str) -> Any:
@@ -138,10 +145,55 @@ def include(routing: Any, **filters: Any) -> Include:
     return Include(routing, **filters)
 
 
+def consumer(channels: str | Iterable[str], *more: str, **filters: Any) -> Callable[[C], C]:
+    """Decorator: route messages on ``channels`` (names, or a list) that pass ``filters``
+    to the decorated function (or class); ``include("its.module")`` adds it to a routing."""
+    names = [name for group in (channels, *more) for name in _channel_list(group)]
+
+    def register(func: C) -> C:
+        entry = Route(names, func, **filters)
+        # Keyed so that reloading the module replaces its routes instead of doubling them.
+        key = (func.__qualname__, tuple(names), tuple(sorted(filters.items(), key=str)))
+        _decorated.setdefault(func.__module__, {})[key] = entry
+        return func
+
+    return register
+
+
+#: Routes of @consumer-decorated consumers: module name -> {key: route}, in definition order.
+_decorated: dict[str, dict[tuple, Route]] = {}
+
+
+def decorated_routes(module: ModuleType) -> list[Route]:
+    """The routes of the consumers a module decorated with :func:`consumer`."""
+    routes = _decorated.get(module.__name__)
+    if not routes:
+        raise ImproperlyConfigured(
+            f"module {module.__name__!r} has no consumers decorated with @consumer(...) or "
+            "@Channel.consumer(...); a routing is a list of routes, a {channel: consumer} "
+            "dict, or a module of decorated consumers"
+        )
+    return list(routes.values())
+
+
+def _import_routing(path: str) -> Any:
+    """What a routing's dotted path names: a list or dict, or a module of consumers."""
+    try:
+        return import_string(path)
+    except ImportError as error:
+        try:
+            return import_module(path)
+        except ImportError:
+            raise ImproperlyConfigured(f"cannot import routing {path!r}: {error}") from error
+
+
 def resolve_routing(routing: Any) -> list:
-    """A list of routes from a list, a {channel: consumer} dict or a dotted path to either."""
+    """A list of routes from a list, a {channel: consumer} dict, a module of decorated
+    consumers, or a dotted path to one of them."""
     if isinstance(routing, str):
-        routing = _import(routing, "routing")
+        routing = _import_routing(routing)
+    if isinstance(routing, ModuleType):
+        return decorated_routes(routing)
     if isinstance(routing, dict):
         return [Route(channel, consumer) for channel, consumer in routing.items()]
     if isinstance(routing, list | tuple):
@@ -154,8 +206,8 @@ def resolve_routing(routing: Any) -> list:
                 )
         return entries
     raise ImproperlyConfigured(
-        "routing must be a list of routes, a {channel: consumer} dict or a dotted path to "
-        f"one; got {routing!r}"
+        "routing must be a list of routes, a {channel: consumer} dict, a module of "
+        f"decorated consumers or a dotted path to one; got {routing!r}"
     )
 
 
@@ -209,9 +261,10 @@ def _match_levels(levels: tuple, content: dict) -> dict | None:
     kwargs: dict = {}
     last = len(levels) - 1
     for depth, filters in enumerate(levels):
-        content = _apply_filters(filters, content, kwargs, depth < last)
-        if content is None:
+        stripped = _apply_filters(filters, content, kwargs, depth < last)
+        if stripped is None:
             return None
+        content = stripped
     return kwargs
 
 
@@ -250,7 +303,8 @@ class Router:
     def __init__(self, routing: Any):
         self.root = Include(routing)
         self._by_channel: dict[str, list[tuple[tuple, Consumer]]] = {}
-        for entry in [self.root, *DEFAULT_ROUTES]:
+        entries: list[Route | Include] = [self.root, *DEFAULT_ROUTES]
+        for entry in entries:
             for channel, levels, consumer in entry.leaves():
                 self._by_channel.setdefault(channel, []).append((levels, consumer))
         self.channels: set[str] = set(self._by_channel)
