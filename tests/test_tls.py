@@ -28,7 +28,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from geventchannels.routing import route
-from tests.livesrv import Recorder, live_server
+from geventchannels.server import ChannelsWSGIServer
+from geventchannels.test.live import LiveServer
+from tests.livesrv import Recorder
 
 from .conftest import free_port
 from .runmodes.process import BIN, ServerProcess
@@ -83,6 +85,21 @@ def server_context(certificate: tuple[str, str]) -> ssl.SSLContext:
     return tls_context(*certificate)
 
 
+@contextlib.contextmanager
+def live_tls_server(certificate: tuple[str, str], routing: list, **settings):
+    """The in-process test server (geventchannels.test.live), listening with TLS; yields
+    it and its ``wss://`` base URL."""
+    live = LiveServer(routing, **settings)
+    live.server = ChannelsWSGIServer(
+        (live.host, 0), live.app, ssl_context=server_context(certificate)
+    )
+    live.start()
+    try:
+        yield live, f"wss://{live.host}:{live.port}"
+    finally:
+        live.stop()
+
+
 def wss(url: str, certfile: str, **kwargs) -> websocket.WebSocket:
     return websocket.create_connection(
         url, timeout=10, sslopt={"context": client_context(certfile)}, **kwargs
@@ -117,13 +134,13 @@ def tls_server(certificate):
         route("websocket.receive", blast, path=r"^/blast/$"),
         route("websocket.receive", echo),
     ]
-    with live_server(routing, ssl_context=server_context(certificate)) as server:
-        yield server
+    with live_tls_server(certificate, routing) as (_, url):
+        yield url
 
 
 @pytest.mark.parametrize("size", [5, 70_000, 1_000_000])
 def test_wss_echo_of_text_and_binary(tls_server, certificate, size):
-    ws = wss(tls_server.ws_url + "/echo/", certificate[0])
+    ws = wss(tls_server + "/echo/", certificate[0])
     try:
         text = "é" * (size // 2)
         ws.send(text)
@@ -139,7 +156,7 @@ def test_wss_to_a_client_that_reads_slowly_gets_every_frame_whole(tls_server, ce
     """A small receive buffer makes the server's writes partial; eight greenlets race
     large replies. Every frame must arrive whole and in each sender's order."""
     ws = wss(
-        tls_server.ws_url + "/blast/",
+        tls_server + "/blast/",
         certificate[0],
         sockopt=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)],
     )
@@ -160,13 +177,13 @@ def test_wss_close_and_server_stop_leave_no_error(certificate, caplog):
     end TLS connections without an error logged."""
     disconnected = Recorder()
     routing = [route("websocket.receive", echo), route("websocket.disconnect", disconnected)]
-    with live_server(routing, ssl_context=server_context(certificate)) as server:
-        first = wss(server.ws_url + "/a/", certificate[0])
+    with live_tls_server(certificate, routing) as (_, url):
+        first = wss(url + "/a/", certificate[0])
         first.send("hi")
         assert first.recv() == "hi"
         first.close()
         assert disconnected.wait_for()["code"] == 1000
-        second = wss(server.ws_url + "/b/", certificate[0])
+        second = wss(url + "/b/", certificate[0])
         second.send("hi")
         assert second.recv() == "hi"
     opcode, data = second.recv_data(control_frame=True)
@@ -186,11 +203,9 @@ def test_wss_client_that_stops_reading_is_dropped_with_1008(certificate, caplog)
             gevent.sleep(0)
 
     routing = [route("websocket.receive", flood), route("websocket.disconnect", disconnected)]
-    with live_server(
-        routing, ssl_context=server_context(certificate), WEBSOCKET_OUTBOUND_QUEUE=8
-    ) as server:
+    with live_tls_server(certificate, routing, WEBSOCKET_OUTBOUND_QUEUE=8) as (_, url):
         ws = wss(
-            server.ws_url + "/",
+            url + "/",
             certificate[0],
             sockopt=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)],
         )
@@ -206,7 +221,7 @@ def test_https_client_leaving_a_parked_request_is_noticed(certificate, close_not
     close_notify or just a TCP close) sends http.disconnect at once."""
     parked, left = Recorder(), Recorder()
     routing = [route("http.request", parked), route("http.disconnect", left)]
-    with live_server(routing, ssl_context=server_context(certificate), HTTP_TIMEOUT=30) as server:
+    with live_tls_server(certificate, routing, HTTP_TIMEOUT=30) as (server, _):
         raw = socket.create_connection((server.host, server.port), timeout=10)
         client = client_context(certificate[0]).wrap_socket(raw, server_hostname=server.host)
         client.sendall(b"GET /poll/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
@@ -224,7 +239,7 @@ def test_https_client_leaving_a_parked_request_is_noticed(certificate, close_not
 
 def test_https_parked_request_is_answered(certificate):
     routing = [route("http.request", Recorder(reply={"status": 200, "content": b"parked ok"}))]
-    with live_server(routing, ssl_context=server_context(certificate)) as server:
+    with live_tls_server(certificate, routing) as (server, _):
         connection = http.client.HTTPSConnection(
             server.host, server.port, timeout=10, context=client_context(certificate[0])
         )
