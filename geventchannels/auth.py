@@ -93,8 +93,8 @@ def logout_group_name(http_session_key: str) -> str:
 
 def user_of_channel_session(session: SessionBase) -> Any:
     """The user logged in the channel session, or an AnonymousUser. Checked like a
-    browser's request (the auth hash); a failed check logs the socket out, keeping the
-    channel session's key."""
+    browser's request (the auth hash); a failed check logs the socket out: the login keys
+    leave the channel session, the rest of it stays."""
     user_id = session.get(SESSION_KEY)
     if user_id is None:
         return _anonymous()
@@ -102,19 +102,35 @@ def user_of_channel_session(session: SessionBase) -> Any:
     cached = session.__dict__.get(_USER_ATTRIBUTE)
     if cached is not None and cached[0] == identity:
         return cached[1]
-    key = session.session_key
-    user = get_user(_SessionRequest(session))  # type: ignore[arg-type]
-    if session.session_key != key:
-        # Flushed (the hash did not match) or given a new key (it matched an old secret):
-        # the channel session stays where the socket's messages look for it.
-        stray = session.session_key
-        session._session_key = key
-        session.stored = False  # type: ignore[attr-defined]
-        if stray:
-            session.delete(stray)
+    login = _Login({key: session[key] for key in _AUTH_KEYS if key in session})
+    user = get_user(login)  # type: ignore[arg-type]
+    if login.flushed:
+        for key in _AUTH_KEYS:
+            session.pop(key, None)
+    elif login.get(HASH_SESSION_KEY) != session.get(HASH_SESSION_KEY):
+        session[HASH_SESSION_KEY] = login[HASH_SESSION_KEY]  # verified with an old secret
     if user.is_authenticated:
         remember_user(session, user)
     return user
+
+
+class _Login(dict):
+    """The login keys of a channel session, as django.contrib.auth.get_user sees a
+    request: ``flush()`` (a failed check) and ``cycle_key()`` are only noted, so that the
+    channel session keeps its key and its other data."""
+
+    flushed = False
+
+    @property
+    def session(self) -> _Login:
+        return self
+
+    def flush(self) -> None:
+        self.flushed = True
+        self.clear()
+
+    def cycle_key(self) -> None:
+        pass
 
 
 def remember_user(session: SessionBase, user: Any) -> None:

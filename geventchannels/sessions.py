@@ -374,7 +374,7 @@ def _ordered(func: Consumer) -> Consumer:
     def inner(*args: Any, **kwargs: Any) -> Any:
         message = find_message(args)
         try:
-            return run_in_turn(*args, **kwargs)
+            result = run_in_turn(*args, **kwargs)
         except ConsumeLater:
             raise  # it runs again with the same order
         except BaseException:
@@ -384,15 +384,15 @@ def _ordered(func: Consumer) -> Consumer:
                 _advance(message, state[1] + 1)
                 _release(message, state[1] + 1)
             raise
-        else:
-            state = message.__dict__.get("_ordering")
-            if state is not None:
-                what, order = state
-                if what == "running":
-                    _release(message, order + 1)
-                elif _next_order(message) == order:
-                    # Its turn came while it was being parked: release it ourselves.
-                    _release(message, order)
+        state = message.__dict__.get("_ordering")
+        if state is not None:
+            what, order = state
+            if what == "running":
+                _release(message, order + 1)
+            elif _next_order(message) == order:
+                # Its turn came while it was being parked: release it ourselves.
+                _release(message, order)
+        return result
 
     return inner  # type: ignore[return-value]
 

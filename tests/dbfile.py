@@ -14,6 +14,20 @@ import tempfile
 _path: str | None = None
 
 
+def skip_fsync(sender, connection, **kwargs) -> None:
+    """``connection_created`` receiver: no fsync per commit (a test database need not
+    survive a power cut, and the tests write a session per message)."""
+    if connection.vendor == "sqlite":
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA synchronous=OFF")
+
+
+def connect_skip_fsync() -> None:
+    from django.db.backends.signals import connection_created
+
+    connection_created.connect(skip_fsync, dispatch_uid="tests.dbfile.skip_fsync")
+
+
 def file_database() -> str:
     """Point the ``default`` database at a migrated SQLite file; returns its path."""
     global _path
@@ -22,6 +36,7 @@ def file_database() -> str:
     from django.core.management import call_command
     from django.db import connection, connections
 
+    connect_skip_fsync()
     descriptor, path = tempfile.mkstemp(prefix="gc-tests-", suffix=".sqlite3")
     os.close(descriptor)
     connections.close_all()

@@ -1,6 +1,9 @@
+from django.contrib.auth import views as auth
 from django.http import HttpResponse, StreamingHttpResponse
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
+
+from . import auth_views
 
 
 def hello(request):
@@ -25,4 +28,7 @@ urlpatterns = [
     path("stream/", stream),
     path("body-size/", body_size),
     path("whoami/", whoami),
+    path("accounts/login/", auth.LoginView.as_view()),
+    path("accounts/logout/", auth.LogoutView.as_view()),
+    path("accounts/user/", auth_views.whoami),
 ]
