@@ -7,13 +7,16 @@ and (lazily) its Router; ``get_channel_layer(alias)`` is the bare layer. A proje
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 from . import DEFAULT_CHANNEL_LAYER
 from .layers.base import BaseChannelLayer
+
+if TYPE_CHECKING:
+    from .routing import Router
 
 IN_MEMORY_BACKEND = "geventchannels.layers.InMemoryChannelLayer"
 REDIS_BACKEND = "geventchannels.layers.RedisChannelLayer"
@@ -45,10 +48,10 @@ class ChannelLayerWrapper:
         self.channel_layer = channel_layer
         self.alias = alias
         self.routing = routing
-        self._router = None
+        self._router: Router | None = None
 
     @property
-    def router(self):
+    def router(self) -> Router:
         if self._router is None:
             from .routing import Router
 

@@ -240,7 +240,7 @@ def _routing_problems(alias: str, routing: Any, found: list) -> None:
 
 def route_warnings(channels: Iterable[str]) -> list[checks.CheckMessage]:
     """W001 for protocol channel names that no server message ever goes to."""
-    warnings = []
+    warnings: list[checks.CheckMessage] = []
     for channel in sorted(set(channels)):
         protocol = channel.partition(".")[0]
         if protocol in ("http", "websocket") and channel not in PROTOCOL_CHANNELS:

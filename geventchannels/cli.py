@@ -107,7 +107,7 @@ def load_wsgi(target: str, pythonpath: list[str]):
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        if getattr(error, "name", None) and not module_name.startswith(error.name):
+        if error.name and not module_name.startswith(error.name):
             raise
         raise UsageError(
             f"cannot import WSGI module {module_name!r} ({error}): run from the project directory or pass "

@@ -24,4 +24,4 @@ def replace_staticfiles_runserver() -> None:
 
     from .commands.runserver import Command
 
-    staticfiles_runserver.Command = Command
+    staticfiles_runserver.Command = Command  # type: ignore[misc, assignment]

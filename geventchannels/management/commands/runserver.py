@@ -19,6 +19,7 @@ import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from django.apps import apps
 from django.conf import settings
@@ -42,6 +43,12 @@ class Command(DjangoRunserverCommand):
         "Starts the geventchannels development server: HTTP, WebSockets and consumers in "
         "one process, with autoreload and static files."
     )
+    # Set by Django's runserver from the address argument.
+    addr: str
+    port: str
+    use_ipv6: bool
+    _raw_ipv6: bool
+    runner: Any
 
     def add_arguments(self, parser):
         super().add_arguments(parser)

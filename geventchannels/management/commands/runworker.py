@@ -69,11 +69,11 @@ class Command(BaseCommand):
         errors, _ = startup_report(alias)
         if errors:
             raise CommandError("\n".join(errors))
-        error = unshared_layer_error(
+        unshared = unshared_layer_error(
             alias, "runworker takes the messages that server processes send"
         )
-        if error:
-            raise CommandError(error)
+        if unshared:
+            raise CommandError(unshared)
         if not serving:
             return None
         self.check()  # every app's checks, warnings shown
