@@ -8,6 +8,7 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 
 django_application = get_asgi_application()
 
+from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import path, re_path  # noqa: E402
 
@@ -26,6 +27,7 @@ application = ProtocolTypeRouter(
         "websocket": URLRouter(
             [
                 path("echo/", consumers.Echo.as_asgi()),
+                path("echo-auth/", AuthMiddlewareStack(consumers.EchoUser.as_asgi())),
                 path("broadcast/", consumers.Member.as_asgi()),
                 path("send/", consumers.Sender.as_asgi()),
                 path("idle/", consumers.Idle.as_asgi()),

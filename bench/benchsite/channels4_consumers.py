@@ -16,6 +16,13 @@ class Echo(WebsocketConsumer):
         self.send(text_data=text_data, bytes_data=bytes_data)
 
 
+class EchoUser(WebsocketConsumer):
+    """Behind AuthMiddlewareStack: the user is resolved once, on connect."""
+
+    def receive(self, text_data=None, bytes_data=None):
+        self.send(text_data=self.scope["user"].username)
+
+
 class Member(AsyncWebsocketConsumer):
     async def connect(self):
         await self.channel_layer.group_add("bench", self.channel_name)

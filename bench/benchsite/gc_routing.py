@@ -1,10 +1,12 @@
 """geventchannels consumers for the WebSocket, broadcast and long-poll workloads.
 
-Plain sync functions, Channels 1.x style. /hello/ and /db/ are not routed, so they take the
+Plain sync functions, Channels 1.x style; the logged-in echo uses the session and auth
+decorators. /hello/ and /db/ are not routed, so they take the
 server's WSGI fast path straight into Django.
 """
 
 from geventchannels import Group
+from geventchannels.auth import channel_session_user, channel_session_user_from_http
 from geventchannels.routing import route
 
 OK_HEADERS = [[b"content-type", b"text/plain"]]
@@ -12,6 +14,21 @@ OK_HEADERS = [[b"content-type", b"text/plain"]]
 
 def echo(message):
     message.reply_channel.send({"text": message["text"]})
+
+
+@channel_session_user_from_http
+def accept_user(message):
+    message.reply_channel.send({"accept": True})
+
+
+@channel_session_user
+def echo_user(message):
+    message.reply_channel.send({"text": message.user.username})
+
+
+@channel_session_user
+def forget_user(message):
+    pass
 
 
 def join(message):
@@ -43,6 +60,9 @@ def fire(message):
 
 channel_routing = [
     route("websocket.receive", echo, path=r"^/echo/$"),
+    route("websocket.connect", accept_user, path=r"^/echo-auth/$"),
+    route("websocket.receive", echo_user, path=r"^/echo-auth/$"),
+    route("websocket.disconnect", forget_user, path=r"^/echo-auth/$"),
     route("websocket.connect", join, path=r"^/broadcast/$"),
     route("websocket.disconnect", leave, path=r"^/broadcast/$"),
     route("websocket.receive", fan_out, path=r"^/send/$"),

@@ -33,7 +33,16 @@ SYSTEMS = {
             "geventchannels (this project)",
             False,
             frozenset(
-                {"http", "http_db", "ws_echo", "broadcast", "broadcast_redis", "idle", "longpoll"}
+                {
+                    "http",
+                    "http_db",
+                    "ws_echo",
+                    "ws_echo_auth",
+                    "broadcast",
+                    "broadcast_redis",
+                    "idle",
+                    "longpoll",
+                }
             ),
         ),
         System("django-gevent", "Django, gunicorn -k gevent", True, frozenset({"http", "http_db"})),
@@ -42,14 +51,23 @@ SYSTEMS = {
             "Channels 4, daphne",
             True,
             frozenset(
-                {"http", "http_db", "ws_echo", "broadcast", "broadcast_redis", "idle", "longpoll"}
+                {
+                    "http",
+                    "http_db",
+                    "ws_echo",
+                    "ws_echo_auth",
+                    "broadcast",
+                    "broadcast_redis",
+                    "idle",
+                    "longpoll",
+                }
             ),
         ),
         System(
             "uvicorn",
             "Channels 4, uvicorn",
             True,
-            frozenset({"http", "http_db", "ws_echo", "broadcast", "idle"}),
+            frozenset({"http", "http_db", "ws_echo", "ws_echo_auth", "broadcast", "idle"}),
         ),
         System(
             "bare",

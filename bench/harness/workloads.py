@@ -1,4 +1,4 @@
-"""The six workloads of the benchmark, each run against one system at a time.
+"""The workloads of the benchmark, each run against one system at a time.
 
 Every function starts the server(s) it needs, drives the load generator, and returns a flat
 dict of numbers. Sizes come from the Context (full run or --quick).
@@ -6,6 +6,7 @@ dict of numbers. Sizes come from the Context (full run or --quick).
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import tempfile
@@ -21,6 +22,7 @@ FULL = {
     "http": {"connections": 50, "seconds": 10, "warmup": 2},
     "http_db": {"connections": 50, "seconds": 10, "warmup": 2},
     "ws_echo": {"connections": 50, "seconds": 10, "warmup": 2},
+    "ws_echo_auth": {"connections": 50, "seconds": 10, "warmup": 2},
     "broadcast": {"sockets": 1000, "messages": 200, "deadline": 30},
     "broadcast_redis": {"sockets": 1000, "messages": 200, "deadline": 30},
     "idle": {"sockets": 10000},
@@ -30,6 +32,7 @@ QUICK = {
     "http": {"connections": 10, "seconds": 1, "warmup": 0.3},
     "http_db": {"connections": 10, "seconds": 1, "warmup": 0.3},
     "ws_echo": {"connections": 10, "seconds": 1, "warmup": 0.3},
+    "ws_echo_auth": {"connections": 10, "seconds": 1, "warmup": 0.3},
     "broadcast": {"sockets": 50, "messages": 20, "deadline": 10},
     "broadcast_redis": {"sockets": 50, "messages": 20, "deadline": 10},
     "idle": {"sockets": 200},
@@ -165,21 +168,23 @@ def http_db(ctx: Context, system: str) -> dict:
     return _http(ctx, system, "/db/", ctx.sizes["http_db"])
 
 
-def ws_echo(ctx: Context, system: str) -> dict:
-    size = ctx.sizes["ws_echo"]
+def _echo(ctx: Context, system: str, workload: str, path: str, **extra) -> dict:
+    """50 sockets, each sending 32 bytes and waiting for the answer (closed loop)."""
+    size = ctx.sizes[workload]
     with ctx.server(system) as server:
         config = {
-            "url": server.url("/echo/", "ws"),
+            "url": server.url(path, "ws"),
             "connections": size["connections"],
             "workers": 2,
             "duration_s": size["seconds"],
             "warmup_s": size["warmup"],
             "payload": 32,
+            **extra,
         }
         out = _measured(
             ctx,
             server,
-            "ws_echo",
+            workload,
             lambda: ctx.loadgen().run(
                 "echo", config, timeout=size["seconds"] + size["warmup"] + 60
             ),
@@ -189,9 +194,23 @@ def ws_echo(ctx: Context, system: str) -> dict:
         **latency_ms(out["hist"]),
         "opened": out["opened"],
         "errors": out["errors"] + out["failed"],
-        "first_error": out["first_error"],
+        "first_error": out["first_error"] or out.get("wrong_reply"),
         "server_cpu_pct": out["server_cpu_pct"],
     }
+
+
+def ws_echo(ctx: Context, system: str) -> dict:
+    return _echo(ctx, system, "ws_echo", "/echo/")
+
+
+def ws_echo_auth(ctx: Context, system: str) -> dict:
+    """Each socket carries the session cookie of its own logged-in user (database sessions
+    made by prepare_db.py) and is answered with that user's name."""
+    logins = json.loads(Path(f"{ctx.database}.sessions.json").read_text())
+    result = _echo(ctx, system, "ws_echo_auth", "/echo-auth/", logins=logins)
+    if result["opened"] and result["errors"]:
+        raise RuntimeError(f"{result['errors']} wrong or failed answers: {result['first_error']}")
+    return result
 
 
 def _broadcast_result(out: dict) -> dict:
@@ -394,6 +413,21 @@ WORKLOADS = [
             ("server_cpu_pct", "server CPU %"),
         ),
         ws_echo,
+    ),
+    Workload(
+        "ws_echo_auth",
+        "WebSocket echo of the logged-in user's name (database sessions)",
+        "ws_echo_auth",
+        "rt_s",
+        True,
+        (
+            ("rt_s", "round trips/s"),
+            ("p50_ms", "p50 ms"),
+            ("p99_ms", "p99 ms"),
+            ("errors", "errors"),
+            ("server_cpu_pct", "server CPU %"),
+        ),
+        ws_echo_auth,
     ),
     Workload(
         "broadcast",

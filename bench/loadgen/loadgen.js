@@ -36,9 +36,9 @@ function mergeHistograms(hists) {
 
 // ---- opening sockets -------------------------------------------------------------------
 
-function openOne(url, localAddress) {
+function openOne(url, localAddress, headers) {
   return new Promise((resolve) => {
-    const ws = new WebSocket(url, { perMessageDeflate: false, handshakeTimeout: 30000, localAddress });
+    const ws = new WebSocket(url, { perMessageDeflate: false, handshakeTimeout: 30000, localAddress, headers });
     let settled = false;
     ws.on('error', (err) => {
       if (!settled) { settled = true; resolve({ ws: null, error: String(err.message || err) }); }
@@ -86,7 +86,8 @@ function startWorkers(mode, cfg, total) {
   const workers = [];
   for (let i = 0; i < n; i++) {
     const share = Math.floor(total / n) + (i < total % n ? 1 : 0);
-    const w = fork(__filename, ['worker', JSON.stringify({ ...cfg, mode, index: i, share })]);
+    const offset = i * Math.floor(total / n) + Math.min(i, total % n);
+    const w = fork(__filename, ['worker', JSON.stringify({ ...cfg, mode, index: i, share, offset })]);
     w.on('exit', (code) => { w.exited = code; });
     workers.push(w);
   }
@@ -140,6 +141,7 @@ async function closedLoopParent(mode, cfg) {
     seconds,
     count: results.reduce((a, r) => a + r.count, 0),
     errors: results.reduce((a, r) => a + r.errors, 0),
+    wrong_reply: (results.find((r) => r.wrongReply) || {}).wrongReply || null,
     statuses: mergeHistograms(results.map((r) => r.statuses)),
     hist: mergeHistograms(results.map((r) => r.hist)),
   }, workers);
@@ -275,17 +277,36 @@ function onParent(handlers) {
   process.on('disconnect', () => process.exit(0));
 }
 
+// With cfg.logins ([{cookie, username}]), socket k of the run sends logins[k].cookie and
+// must be answered with logins[k].username (ws_echo_auth); any other answer is an error.
 async function echoWorker(cfg) {
   const payload = 'x'.repeat(cfg.payload || 32);
-  const { sockets, failed, firstError } = await openMany(cfg.url, cfg.share, cfg.open_concurrency || 50, null, 0);
+  const logins = cfg.logins || null;
+  let sockets = [];
+  let failed = 0;
+  let firstError = null;
+  if (logins) {
+    for (let i = 0; i < cfg.share; i++) {
+      const login = logins[(cfg.offset + i) % logins.length];
+      const { ws, error } = await openOne(cfg.url, undefined, { Cookie: login.cookie });
+      if (ws) { ws.expected = login.username; sockets.push(ws); } else { failed++; firstError = firstError || error; }
+    }
+  } else {
+    ({ sockets, failed, firstError } = await openMany(cfg.url, cfg.share, cfg.open_concurrency || 50, null, 0));
+  }
   const hist = new Histogram();
   let measuring = false;
   let stopped = false;
   let count = 0;
   let errors = 0;
+  let wrongReply = null;
   const loop = (ws) => {
     let t0 = nowNs();
-    ws.on('message', () => {
+    ws.on('message', (data) => {
+      if (ws.expected !== undefined && String(data) !== ws.expected) {
+        errors++;
+        wrongReply = wrongReply || `expected ${JSON.stringify(ws.expected)}, got ${JSON.stringify(String(data))}`;
+      }
       if (measuring) { count++; hist.add(usSince(t0)); }
       if (!stopped) { t0 = nowNs(); ws.send(payload); }
     });
@@ -298,7 +319,7 @@ async function echoWorker(cfg) {
     stop: () => {
       measuring = false;
       stopped = true;
-      process.send({ type: 'result', count, errors, hist: hist.toJSON() }, () => { closeAll(sockets); process.exit(0); });
+      process.send({ type: 'result', count, errors, wrongReply, hist: hist.toJSON() }, () => { closeAll(sockets); process.exit(0); });
     },
   });
   process.send({ type: 'open', opened: sockets.length, failed, firstError });
