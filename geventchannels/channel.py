@@ -12,23 +12,26 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from greenlet import getcurrent
+from gevent import getcurrent
 
 from . import DEFAULT_CHANNEL_LAYER
-from .layers.base import copy_message
+from .layers.base import BaseChannelLayer, copy_message
 
 logger = logging.getLogger(__name__)
 
-#: Buffered sends of each greenlet that runs a consumer:
-#: greenlet -> [(layer, channel or group name, content copy, is a group send)].
+#: A send kept for later: (layer, channel or group name, content copy, is a group send).
+BufferedSend = tuple[BaseChannelLayer, str, dict, bool]
+
+#: Buffered sends of each greenlet that runs a consumer: greenlet -> its sends.
 #: A dict keyed by greenlet is the cheapest greenlet-local lookup (faster than a greenlet
 #: attribute or gevent's local, measured).
-pending_sends: dict[Any, list] = {}
+pending_sends: dict[object, list[BufferedSend]] = {}
 
 
-def start_buffering() -> list:
+def start_buffering() -> list[BufferedSend]:
     """Buffer this greenlet's sends until :func:`flush_buffered` or :func:`discard_buffered`."""
-    buffer = pending_sends[getcurrent()] = []
+    buffer: list[BufferedSend] = []
+    pending_sends[getcurrent()] = buffer
     return buffer
 
 
@@ -36,13 +39,8 @@ def flush_buffered() -> None:
     """Send what this greenlet buffered and stop buffering. A send that fails (the
     channel is full) is logged and does not stop the others."""
     buffer = pending_sends.pop(getcurrent(), None)
-    if buffer:
-        send_buffered(buffer)
-
-
-def send_buffered(buffer: list) -> None:
-    """Send the messages of a buffer taken from :data:`pending_sends`; a failed send is logged
-    and does not stop the others."""
+    if not buffer:
+        return
     for layer, name, content, group in buffer:
         try:
             if group:
@@ -64,7 +62,21 @@ def discard_buffered() -> None:
     pending_sends.pop(getcurrent(), None)
 
 
-def _layer_for(alias: str, channel_layer):
+def _keep(
+    buffer: list[BufferedSend], layer: BaseChannelLayer, name: str, content: dict, group: bool
+) -> None:
+    """Keep a send for when the running consumer returns. The name and the message are
+    checked now, as the layer would check them, so that an error points at the send."""
+    if not isinstance(content, dict):
+        raise TypeError(f"only dicts can be sent on a channel, got {type(content).__name__}")
+    if group:
+        layer.valid_group_name(name)
+    else:
+        layer.valid_channel_name(name)
+    buffer.append((layer, name, copy_message(content, layer.max_message_size), group))
+
+
+def _layer_for(alias: str, channel_layer: BaseChannelLayer | None) -> BaseChannelLayer:
     if channel_layer is not None:
         return channel_layer
     from .asgi import channel_layers
@@ -78,7 +90,12 @@ class _Named:
 
     __slots__ = ("name", "alias", "channel_layer")
 
-    def __init__(self, name: str, alias: str = DEFAULT_CHANNEL_LAYER, channel_layer=None):
+    def __init__(
+        self,
+        name: str | bytes,
+        alias: str = DEFAULT_CHANNEL_LAYER,
+        channel_layer: BaseChannelLayer | None = None,
+    ):
         if isinstance(name, bytes):
             name = name.decode("ascii")
         self.name = name
@@ -109,17 +126,11 @@ class Channel(_Named):
 
     def send(self, content: dict, immediately: bool = False) -> None:
         """Send ``content`` (a dict) now, or when the running consumer returns."""
-        if not isinstance(content, dict):
-            raise TypeError(f"only dicts can be sent on a channel, got {type(content).__name__}")
-        if not immediately:
-            buffer = pending_sends.get(getcurrent())
-            if buffer is not None:
-                layer = self.channel_layer
-                layer.valid_channel_name(self.name)
-                content = copy_message(content, layer.max_message_size)
-                buffer.append((layer, self.name, content, False))
-                return
-        self.channel_layer.send(self.name, content)
+        buffer = None if immediately else pending_sends.get(getcurrent())
+        if buffer is None:
+            self.channel_layer.send(self.name, content)
+        else:
+            _keep(buffer, self.channel_layer, self.name, content, False)
 
     @staticmethod
     def consumer(channels: str | Iterable[str], *more: str, **filters: Any) -> Callable:
@@ -149,16 +160,11 @@ class Group(_Named):
         running consumer returns."""
         if not isinstance(content, dict):
             raise ValueError(f"only dicts can be sent to a group, got {type(content).__name__}")
-        if not immediately:
-            buffer = pending_sends.get(getcurrent())
-            if buffer is not None:
-                layer = self.channel_layer
-                layer.valid_group_name(self.name)
-                buffer.append(
-                    (layer, self.name, copy_message(content, layer.max_message_size), True)
-                )
-                return
-        self.channel_layer.send_group(self.name, content)
+        buffer = None if immediately else pending_sends.get(getcurrent())
+        if buffer is None:
+            self.channel_layer.send_group(self.name, content)
+        else:
+            _keep(buffer, self.channel_layer, self.name, content, True)
 
 
 def _channel_name(channel: Channel | str) -> str:

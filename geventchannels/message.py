@@ -8,6 +8,7 @@ from collections.abc import ItemsView, KeysView, ValuesView
 from typing import Any
 
 from .channel import Channel
+from .layers.base import BaseChannelLayer
 
 
 class Message:
@@ -18,7 +19,7 @@ class Message:
     attributes such as ``channel_session`` and ``user``.
     """
 
-    def __init__(self, content: dict, channel_name: str, channel_layer: Any):
+    def __init__(self, content: dict, channel_name: str, channel_layer: BaseChannelLayer):
         self.content = content
         self.channel_name = channel_name
         self.channel_layer = channel_layer

@@ -15,20 +15,23 @@ from __future__ import annotations
 import fnmatch
 import logging
 from collections import deque
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import gevent
+from gevent import getcurrent
 from gevent.event import Event
 from gevent.queue import SimpleQueue
-from greenlet import getcurrent
 
 from . import conf
-from .channel import pending_sends, send_buffered
+from .channel import discard_buffered, flush_buffered, start_buffering
 from .exceptions import ChannelFull, ChannelSocketException, ConsumeLater, DenyConnection
 from .message import Message
 from .signals import send_consumer_finished, send_consumer_started, worker_ready
 from .utils import name_that_thing
+
+if TYPE_CHECKING:
+    from .asgi import ChannelLayerWrapper
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ class Worker:
 
     def __init__(
         self,
-        channel_layer_wrapper: Any,
+        channel_layer_wrapper: ChannelLayerWrapper,
         concurrency: int | None = None,
         only_channels: Iterable[str] | None = None,
         exclude_channels: Iterable[str] | None = None,
@@ -75,8 +78,8 @@ class Worker:
         self._free_changed = Event()
         self._jobs: SimpleQueue = SimpleQueue()
         #: reply_channel -> messages waiting for the greenlet that runs that socket's consumer.
-        self._busy: dict[str, deque] = {}
-        self._names: dict[Any, str] = {}
+        self._busy: dict[str, deque[tuple[str, dict]]] = {}
+        self._names: dict[Callable, str] = {}
 
     @staticmethod
     def apply_channel_filters(
@@ -107,11 +110,8 @@ class Worker:
         self._free = self.concurrency
         self._consumers = [gevent.spawn(self._consume) for _ in range(self.concurrency)]
         self._greenlets = [gevent.spawn(self._receive), *self._consumers]
-        logger.debug(
-            "consumer pool of %d greenlets listening on %s",
-            self.concurrency,
-            ", ".join(self.channels),
-        )
+        self.channel_layer.register_consumer_pool(self)
+        logger.info("consumers on: %s (%d greenlets)", ", ".join(self.channels), self.concurrency)
         worker_ready.send(sender=self)
 
     def stop(self, timeout: float | None = None) -> None:
@@ -190,7 +190,7 @@ class Worker:
                     gevent.sleep(delay)
                     continue
                 failures = 0
-                if channel is None:
+                if channel is None or content is None:
                     continue
                 reply = content.get("reply_channel") if ordered else None
                 if type(reply) is str:
@@ -276,29 +276,30 @@ class Worker:
             return
         consumer, kwargs = match
         message = Message(content, channel, self.channel_layer)
-        current = getcurrent()
-        buffer = pending_sends[current] = []
+        start_buffering()
         try:
             send_consumer_started(Worker)
             consumer(message, **kwargs)
         except ConsumeLater:
+            discard_buffered()
             self._consume_later(channel, content)
         except ChannelSocketException as error:
-            pending_sends.pop(current, None)
-            send_buffered(buffer)
+            flush_buffered()
             self._run_socket_exception(error, message, consumer)
         except DenyConnection:
+            discard_buffered()
             self._deny(message, consumer)
         except Exception:
+            discard_buffered()
             logger.exception(
                 "error in consumer %s handling a message on %s", self._name(consumer), channel
             )
+        except BaseException:
+            discard_buffered()
+            raise
         else:
-            pending_sends.pop(current, None)
-            if buffer:
-                send_buffered(buffer)
+            flush_buffered()
         finally:
-            pending_sends.pop(current, None)
             try:
                 send_consumer_finished(Worker)
             except Exception:
@@ -336,7 +337,7 @@ class Worker:
         gevent.sleep(0)
 
     def _run_socket_exception(
-        self, error: ChannelSocketException, message: Message, consumer: Any
+        self, error: ChannelSocketException, message: Message, consumer: Callable
     ) -> None:
         try:
             error.run(message)
@@ -348,7 +349,7 @@ class Worker:
                 message.channel_name,
             )
 
-    def _deny(self, message: Message, consumer: Any) -> None:
+    def _deny(self, message: Message, consumer: Callable) -> None:
         if message.channel_name != "websocket.connect" or message.reply_channel is None:
             logger.error(
                 "consumer %s raised DenyConnection on %s; it is only meaningful in "
@@ -362,7 +363,7 @@ class Worker:
         except Exception:
             logger.exception("could not refuse the WebSocket of %s", message.reply_channel)
 
-    def _name(self, consumer: Any) -> str:
+    def _name(self, consumer: Callable) -> str:
         try:
             return self._names[consumer]
         except (KeyError, TypeError):

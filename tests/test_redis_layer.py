@@ -54,6 +54,10 @@ def wait_until(condition, timeout: float = 5.0, message: str = "condition") -> N
         gevent.sleep(0.01)
 
 
+def test_the_redis_layer_crosses_processes(layer):
+    assert layer.crosses_processes is True
+
+
 def test_bytes_and_str_stay_distinct(layer):
     layer.send("kinds", {"b": b"\x00\xff", "s": "text", "n": [1, 2.5, None, True]})
     assert layer.receive(["kinds"]) == (
@@ -462,7 +466,7 @@ def test_a_receiver_that_gave_up_loses_nothing(layer):
 
 def test_killed_receiver_puts_its_message_back(layer, monkeypatch):
     """A receiver killed after its message left Redis but before it ran pushes it back."""
-    from geventchannels.layers import redis as redis_module
+    from geventchannels.layers.redis import receiving
 
     receivers = []
 
@@ -471,12 +475,12 @@ def test_killed_receiver_puts_its_message_back(layer, monkeypatch):
             receivers[0].kill(block=False)  # queued before the wake-up, so it lands first
             super().set(value)
 
-    class Waiter(redis_module._Waiter):
+    class Waiter(receiving.Waiter):
         def __init__(self, deadline):
             super().__init__(deadline)
             self.result = KilledOnHandOver()
 
-    monkeypatch.setattr(redis_module, "_Waiter", Waiter)
+    monkeypatch.setattr(receiving, "Waiter", Waiter)
     receivers.append(gevent.spawn(layer.receive, ["kill"], block=True))
     wait_until(lambda: layer._fetchers, message="the receiver to wait")
     layer.send("kill", {"n": 1})

@@ -399,3 +399,35 @@ def test_consumer_can_stop_its_own_pool():
     assert stopped.wait(5)
     assert pool.worker.join(timeout=5)
     assert time.monotonic() - began < 3
+
+
+def test_start_names_the_channels_it_consumes_at_info(caplog):
+    """Every run mode starts a Worker, so this one line tells what the process consumes
+    (the default websocket.connect and websocket.disconnect routes included)."""
+    caplog.set_level(logging.INFO, logger="geventchannels.worker")
+    routes = [route("websocket.receive", lambda message: None), route("tasks", lambda m: None)]
+    with Pool(routes, concurrency=3):
+        pass
+    lines = [r for r in caplog.records if r.name == "geventchannels.worker"]
+    assert [(r.levelno, r.getMessage()) for r in lines[:1]] == [
+        (
+            logging.INFO,
+            "consumers on: tasks, websocket.connect, websocket.disconnect, websocket.receive "
+            "(3 greenlets)",
+        )
+    ]
+
+
+def test_a_started_pool_means_messages_are_consumed_so_nothing_warns(caplog):
+    caplog.set_level(logging.WARNING, logger="geventchannels.layers.inmemory")
+    done = Event()
+    layer = InMemoryChannelLayer()
+    pool = Pool([route("tasks", lambda message: done.set())], layer=layer, concurrency=1)
+    pool.worker.start()
+    try:
+        for _ in range(3):  # more than the one free consumer takes at once: some are queued
+            layer.send("tasks", {})
+        assert done.wait(5)
+    finally:
+        pool.worker.stop(timeout=5)
+    assert [r for r in caplog.records if r.name == "geventchannels.layers.inmemory"] == []

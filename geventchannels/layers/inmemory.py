@@ -124,6 +124,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
     share work between processes.
     """
 
+    crosses_processes = False
+
     def __init__(self, **config: Any):
         super().__init__(**config)
         self._queues: dict[str, _Queue] = {}
@@ -164,8 +166,26 @@ class InMemoryChannelLayer(BaseChannelLayer):
                         "channel_capacity"
                     )
             messages.append((now + self.expiry, channel, message))
+            if self._warn_unconsumed:
+                self._nothing_consumes(name)
         queue.sent += 1
         self._sent += 1
+
+    def _nothing_consumes(self, name: str) -> None:
+        """Say once that a message was queued for consumers that do not run: the project
+        is served by a plain WSGI server, which runs no consumer pool."""
+        if "!" in name or "?" in name:
+            return  # read by whoever made the name, not by a consumer pool
+        self._warn_unconsumed = False
+        logger.warning(
+            "a message was sent on channel %r of the in-memory channel layer, but no "
+            "consumer pool runs in this process, so nothing will consume it (the in-memory "
+            "layer reaches only this process). Serve the project with geventchannels: "
+            "gunicorn -k geventchannels.gunicorn.Worker, manage.py runserver with "
+            "'geventchannels' in INSTALLED_APPS, or geventchannels serve; or use the Redis "
+            "layer and run manage.py runworker. This warning is shown once.",
+            name,
+        )
 
     def _open(self, name: str) -> _Queue:
         queues = self._queues

@@ -5,14 +5,25 @@ The ids are "inmemory" and "redis", so ``-k inmemory`` runs the suite without Re
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import gevent
 import pytest
 
 from geventchannels.layers.base import BaseChannelLayer
 
 LayerFactory = Callable[..., BaseChannelLayer]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> None:
+    """Return as soon as ``predicate()`` is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout:.1f} s")
+        gevent.sleep(interval)
 
 
 @pytest.fixture(params=["inmemory", pytest.param("redis", marks=pytest.mark.redis)])

@@ -6,6 +6,7 @@ from any one implementation: each test states a promise a consumer may rely on.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -13,17 +14,9 @@ import gevent
 import pytest
 
 from geventchannels.exceptions import ChannelFull, InvalidChannelName, MessageTooLarge
+from tests.layers.conftest import wait_until
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def wait_until(predicate, timeout: float = 5.0, interval: float = 0.02) -> None:
-    """Return as soon as ``predicate()`` is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout:.1f} s")
-        gevent.sleep(interval)
 
 
 def drain(layer, channels: list[str]) -> list[tuple[str, dict]]:
@@ -108,6 +101,18 @@ def test_message_keys_must_be_text(layer):
         layer.send("test.types", {1: "one"})
 
 
+def test_integers_must_fit_in_64_signed_bits(layer):
+    extremes = {"low": -(2**63), "high": 2**63 - 1, "list": [-(2**63), 2**63 - 1]}
+    layer.send("test.ints", extremes)
+    assert layer.receive(["test.ints"]) == ("test.ints", extremes)
+    for too_big in ({"n": 2**63}, {"n": -(2**63) - 1}, {"list": [2**64]}, {"d": {"n": 2**70}}):
+        with pytest.raises(TypeError):
+            layer.send("test.ints", too_big)
+        with pytest.raises(TypeError):
+            layer.send_owned("test.ints", too_big)
+    assert layer.receive(["test.ints"]) == (None, None)
+
+
 # -- names ---------------------------------------------------------------------
 
 
@@ -123,7 +128,13 @@ def test_message_keys_must_be_text(layer):
         "a!b!c",
         "?leading",
         "!x",
-        "x" * 100,
+        "x" * 101,
+        "reply?",
+        "local!caf\u00e9",
+        "digits\u0663",
+        "reply?\u0663",
+        "newline\n",
+        "local!x\n",
         5,
         None,
         b"bytes.name",
@@ -144,13 +155,12 @@ def test_invalid_channel_name_is_a_type_error(layer):
 @pytest.mark.parametrize(
     "name",
     [
-        "x" * 99,
+        "x" * 100,
         "a-b_c.d",
         "Upper.Case9",
         "reply?abc_DEF-1.2",
         "local!abc",
         "local!",
-        "reply?",
     ],
 )
 def test_valid_channel_names_are_accepted(layer, name):
@@ -162,12 +172,24 @@ def test_receiving_on_a_full_process_local_name_is_refused(layer):
         layer.receive(["test.local!abc"])
 
 
-@pytest.mark.parametrize("group", ["", "a b", "a!b", "a?b", "g" * 100, 7, None])
+@pytest.mark.parametrize(
+    "group", ["", "a b", "a!b", "a?b", "g" * 101, "caf\u00e9", "room\n", 7, None]
+)
 def test_invalid_group_names_are_refused(layer, group):
     with pytest.raises(InvalidChannelName):
         layer.group_add(group, "test.member")
     with pytest.raises(InvalidChannelName):
         layer.send_group(group, {"x": 1})
+
+
+def test_group_names_of_100_characters_are_accepted(layer):
+    layer.group_add("g" * 100, "test.member")
+    assert layer.group_channels("g" * 100) == ["test.member"]
+
+
+def test_a_single_reader_pattern_is_not_a_channel(layer):
+    with pytest.raises(InvalidChannelName, match="new_channel"):
+        layer.send("test.reply?", {"x": 1})
 
 
 def test_group_members_must_be_valid_channel_names(layer):
@@ -182,7 +204,9 @@ def test_new_channel_gives_unique_single_reader_names(layer):
     names = {layer.new_channel("test.reply?") for _ in range(100)}
     assert len(names) == 100
     for name in names:
-        assert name.startswith("test.reply?") and len(name) > len("test.reply?")
+        assert type(name) is str and name.startswith("test.reply?")
+        assert name.count("?") == 1 and not name.endswith("?")
+        assert len(name) >= len("test.reply?") + 22  # 128 random bits, base64url
 
 
 def test_a_single_reader_channel_carries_messages(layer):
@@ -192,9 +216,22 @@ def test_a_single_reader_channel_carries_messages(layer):
     assert layer.receive([name]) == (None, None)
 
 
-def test_new_channel_refuses_a_pattern_without_a_marker(layer):
+@pytest.mark.parametrize(
+    "pattern", ["test.reply", "test!", "test.foo", "test!?", "a?b?", "bad name?", "", 5, None]
+)
+def test_new_channel_takes_only_a_single_reader_pattern(layer, pattern):
     with pytest.raises(InvalidChannelName):
-        layer.new_channel("test.reply")
+        layer.new_channel(pattern)
+
+
+def test_new_channel_points_a_process_local_pattern_to_new_local_prefix(layer):
+    with pytest.raises(InvalidChannelName, match="new_local_prefix"):
+        layer.new_channel("websocket.send!")
+
+
+def test_new_channel_refuses_a_pattern_too_long_for_a_name(layer):
+    with pytest.raises(InvalidChannelName):
+        layer.new_channel("x" * 90 + "?")
 
 
 def test_process_local_messages_are_received_on_the_prefix_with_their_full_name(layer):
@@ -205,11 +242,20 @@ def test_process_local_messages_are_received_on_the_prefix_with_their_full_name(
     assert layer.receive(["test.local!"]) == (None, None)
 
 
-def test_new_process_local_channel_is_received_on_its_pattern(layer):
-    name = layer.new_channel("test.proc!")
-    assert name.startswith("test.proc!") and len(name) > len("test.proc!")
-    layer.send(name, {"hello": "socket"})
-    assert layer.receive(["test.proc!"]) == (name, {"hello": "socket"})
+def test_a_new_local_prefix_is_unique_and_received_on(layer):
+    prefixes = {layer.new_local_prefix("test.proc") for _ in range(50)}
+    assert len(prefixes) == 50
+    prefix = prefixes.pop()
+    assert prefix.startswith("test.proc.") and prefix.endswith("!") and prefix.count("!") == 1
+    assert len(prefix) >= len("test.proc.!") + 22  # 128 random bits
+    layer.send(prefix + "sock1", {"hello": "socket"})
+    assert layer.receive([prefix]) == (prefix + "sock1", {"hello": "socket"})
+
+
+@pytest.mark.parametrize("name", ["", "bad name", "a!b", "a?b", 5])
+def test_new_local_prefix_needs_a_plain_name(layer, name):
+    with pytest.raises(InvalidChannelName):
+        layer.new_local_prefix(name)
 
 
 # -- message contents ----------------------------------------------------------
@@ -280,6 +326,52 @@ def test_a_one_megabyte_payload_is_accepted(layer):
     layer.send("test.big", {"bytes": payload})
     _channel, received = layer.receive(["test.big"])
     assert received["bytes"] == payload
+
+
+MIB = 1024 * 1024
+
+
+def _websocket_receive(key: str, payload: str | bytes) -> dict:
+    """A websocket.receive as the server builds it, with the largest envelope it makes: a
+    100-character reply channel and a path as long as a 64 KiB request line allows."""
+    return {
+        "reply_channel": "gc." + "r" * 70 + "!" + "w" * 26,
+        "path": "/" + "p" * (65536 - len("GET / HTTP/1.1\r\n")),
+        "order": 2**31,
+        key: payload,
+    }
+
+
+@pytest.mark.parametrize("key, payload", [("text", "t" * MIB), ("bytes", b"b" * MIB)])
+def test_a_websocket_message_of_1_mib_and_its_envelope_fit_the_default_limit(layer, key, payload):
+    message = _websocket_receive(key, payload)
+    assert len(message["reply_channel"]) == 100
+    layer.send("websocket.receive", message)
+    layer.send_owned("websocket.receive", dict(message))
+    assert layer.receive(["websocket.receive"]) == ("websocket.receive", message)
+    assert layer.receive(["websocket.receive"]) == ("websocket.receive", message)
+
+
+def test_a_1_mib_reply_fits_the_default_limit(layer):
+    layer.send("test.reply!sock", {"text": "\u2603" * MIB})
+    layer.group_add("test.replies", "test.reply!other")
+    layer.send_group("test.replies", {"bytes": b"x" * MIB})
+    assert layer.receive(["test.reply!"]) == ("test.reply!sock", {"text": "\u2603" * MIB})
+    assert layer.receive(["test.reply!"]) == ("test.reply!other", {"bytes": b"x" * MIB})
+
+
+def test_any_message_of_1_mb_of_json_is_accepted(layer):
+    """ASGI 1.0: a layer takes messages of at least 1 MB "when encoded as JSON", whatever
+    they hold; many small values are the shape a size estimate gets wrong."""
+    messages = [
+        {"ints": [0] * 490_000},
+        {"mixed": [None, True, 1.5, "", {}, []] * 40_000},
+        {f"k{n}": n for n in range(60_000)},
+    ]
+    for message in messages:
+        assert len(json.dumps(message, separators=(",", ":"))) < 1_000_000
+        layer.send("test.json", message)
+        assert layer.receive(["test.json"]) == ("test.json", message)
 
 
 def test_a_two_mebibyte_payload_is_too_large_and_leaves_nothing_behind(layer):
@@ -510,6 +602,27 @@ STATISTICS_KEYS = {
 
 def test_extensions_are_advertised(layer):
     assert {"groups", "flush", "statistics"} <= set(layer.extensions)
+
+
+def test_the_layer_carries_the_asgi_exception_classes(make_layer):
+    layer = make_layer(capacity=1)
+    assert layer.ChannelFull is ChannelFull and layer.MessageTooLarge is MessageTooLarge
+    layer.send("test.asgi.full", {})
+    with pytest.raises(layer.ChannelFull):
+        layer.send("test.asgi.full", {})
+    with pytest.raises(layer.MessageTooLarge):
+        layer.send("test.asgi.big", {"bytes": b"x" * (2 * 1024 * 1024)})
+
+
+def test_group_expiry_is_exposed(make_layer):
+    assert make_layer().group_expiry == 86400
+    assert make_layer(group_expiry=30).group_expiry == 30
+
+
+def test_receive_many_is_the_deprecated_name_of_receive(layer):
+    layer.send("test.many", {"n": 1})
+    with pytest.warns(DeprecationWarning):
+        assert layer.receive_many(["test.many"]) == ("test.many", {"n": 1})
 
 
 def test_channel_statistics_count_sent_pending_and_full(make_layer):

@@ -4,6 +4,7 @@ channels, and correctness with many concurrent consumers."""
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 
@@ -13,16 +14,9 @@ import pytest
 
 from geventchannels.exceptions import ChannelFull
 from geventchannels.layers.inmemory import InMemoryChannelLayer
+from tests.layers.conftest import wait_until
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def wait_until(predicate, timeout: float = 5.0, interval: float = 0.01) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout:.1f} s")
-        gevent.sleep(interval)
 
 
 @pytest.fixture
@@ -293,3 +287,57 @@ def test_group_send_forgets_expired_members():
     layer.send_group("test.room", {"text": "late"})
     assert "test.room" not in layer._groups
     layer.close()
+
+
+# -- nothing consumes ------------------------------------------------------------------
+
+
+def _unconsumed_warnings(caplog) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "geventchannels.layers.inmemory" and r.levelno == logging.WARNING
+    ]
+
+
+def test_the_in_memory_layer_does_not_cross_processes(layer):
+    assert layer.crosses_processes is False
+
+
+def test_a_message_nobody_here_consumes_is_warned_about_once(caplog, layer):
+    """As under plain ``gunicorn -k gevent``: sends return, and no consumer pool runs."""
+    caplog.set_level(logging.WARNING, logger="geventchannels.layers.inmemory")
+    layer.send("tasks", {"n": 1})
+    layer.send("tasks", {"n": 2})
+    layer.send_owned("other.tasks", {"n": 3})
+    [warning] = _unconsumed_warnings(caplog)
+    assert "'tasks'" in warning and "no consumer pool runs in this process" in warning
+    for how in ("-k geventchannels.gunicorn.Worker", "manage.py runserver", "geventchannels serve"):
+        assert how in warning
+
+
+def test_each_layer_warns_once(caplog):
+    caplog.set_level(logging.WARNING, logger="geventchannels.layers.inmemory")
+    for _ in range(2):
+        layer = InMemoryChannelLayer()
+        layer.send("tasks", {})
+        layer.send("tasks", {})
+    assert len(_unconsumed_warnings(caplog)) == 2
+
+
+def test_a_registered_consumer_pool_silences_the_warning(caplog, layer):
+    caplog.set_level(logging.WARNING, logger="geventchannels.layers.inmemory")
+    layer.register_consumer_pool(object())
+    layer.send("tasks", {"n": 1})
+    assert _unconsumed_warnings(caplog) == []
+
+
+def test_replies_and_waiting_receivers_are_not_warned_about(caplog, layer):
+    caplog.set_level(logging.WARNING, logger="geventchannels.layers.inmemory")
+    layer.send("test.reply!sock", {"text": "to a socket"})
+    layer.send(layer.new_channel("test.reply?"), {"text": "to whoever made the name"})
+    receiver = gevent.spawn(layer.receive, ["tasks"], block=True, timeout=5)
+    gevent.sleep(0)
+    layer.send("tasks", {"n": 1})
+    assert receiver.get(timeout=5) == ("tasks", {"n": 1})
+    assert _unconsumed_warnings(caplog) == []
