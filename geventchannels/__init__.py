@@ -14,6 +14,9 @@ _LAZY = {
     "Group": "geventchannels.channel",
     "channel_layers": "geventchannels.asgi",
     "get_channel_layer": "geventchannels.asgi",
+    "route": "geventchannels.routing",
+    "route_class": "geventchannels.routing",
+    "include": "geventchannels.routing",
 }
 
 __all__ = ["DEFAULT_CHANNEL_LAYER", "__version__", *_LAZY]

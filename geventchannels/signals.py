@@ -14,9 +14,10 @@ from django.db import close_old_connections as django_close_old_connections
 from django.db.backends.signals import connection_created
 from django.dispatch import Signal
 
-# Cached: the pool sends these around every message, always with the same sender.
-consumer_started = Signal(use_caching=True)
-consumer_finished = Signal(use_caching=True)
+# Not cached by sender: Channels 1.x code sends them with sender=None, which a cache keyed
+# by weak references refuses; the pool's usual case skips Signal.send altogether (below).
+consumer_started = Signal()
+consumer_finished = Signal()
 worker_ready = Signal()
 worker_process_ready = Signal()
 

@@ -176,7 +176,7 @@ def test_through_the_test_client():
         client.send_and_consume("websocket.connect")
         other = WSClient()
         other.set_header("origin", "http://evil.com")
-        with pytest.raises(AssertionError, match="connection rejected"):
+        with pytest.raises(AssertionError, match="Connection rejected"):
             other.send_and_consume("websocket.connect")
 
 

@@ -17,6 +17,7 @@ import websocket
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.sessions.backends.base import SessionBase
+from django.db import transaction
 from django.test import override_settings
 from django.test.utils import setup_databases, teardown_databases
 
@@ -176,6 +177,46 @@ class ChannelTestCaseTests(ChannelTestCase):
         self.assertEqual(client.receive(), {"text": "to all"})
 
 
+@override_settings(CHANNEL_LAYERS=LAYERS)
+class OnCommitTests(ChannelTestCase):
+    """What is sent on commit (bindings) reaches the test as in autocommit."""
+
+    def test_on_commit_in_the_tests_transaction_runs_at_once(self):
+        transaction.on_commit(lambda: Channel("committed").send({"n": 1}))
+        self.assertEqual(self.get_next_message("committed", require=True)["n"], 1)
+
+    def test_inside_a_block_of_the_test_it_waits_and_a_rollback_drops_it(self):
+        with self.assertRaises(ZeroDivisionError), transaction.atomic():
+            transaction.on_commit(lambda: Channel("dropped").send({"n": 1}))
+            raise ZeroDivisionError
+        self.assertIsNone(self.get_next_message("dropped"))
+        with transaction.atomic():
+            transaction.on_commit(lambda: Channel("inner").send({"n": 2}))
+            self.assertIsNone(self.get_next_message("inner"))
+        self.assertEqual(self.get_next_message("inner", require=True)["n"], 2)
+
+    def test_a_consumers_block_is_committed_when_it_returns(self):
+        def saves(message, **kwargs):
+            with transaction.atomic():
+                transaction.on_commit(lambda: message.reply_channel.send({"text": "saved"}))
+
+        with apply_routes([route("save", saves)]):
+            client = Client()
+            client.send_and_consume("save")
+        self.assertEqual(client.receive(), {"text": "saved"})
+
+
+@override_settings(CHANNEL_LAYERS=LAYERS)
+class DjangoOnCommitTests(ChannelTestCase):
+    on_commit_immediately = False
+
+    def test_djangos_behaviour_when_turned_off(self):
+        with self.captureOnCommitCallbacks() as callbacks:
+            transaction.on_commit(lambda: Channel("later").send({}))
+        self.assertEqual(len(callbacks), 1)
+        self.assertIsNone(self.get_next_message("later"))
+
+
 # -- WSClient -------------------------------------------------------------------------------
 
 
@@ -225,7 +266,7 @@ class WSClientTests(ChannelTestCase):
 
     def test_refused_connect_fails_the_check(self):
         client = WSClient()
-        with self.assertRaisesRegex(AssertionError, "connection rejected.*'close': True"):
+        with self.assertRaisesRegex(AssertionError, "Connection rejected.*'close': True"):
             client.send_and_consume("websocket.connect", path="/deny/")
         client.send_and_consume("websocket.connect", path="/deny/", check_accept=False)
         self.assertEqual(client.receive(), {"close": True})

@@ -26,6 +26,8 @@ from ..layers.inmemory import InMemoryChannelLayer
 from ..message import Message
 from ..routing import Router, include
 from ..signals import consumer_finished, consumer_started
+from . import commits
+from .commits import ImmediateCommits
 
 T = TypeVar("T")
 
@@ -46,7 +48,10 @@ def in_memory_wrapper(alias: str) -> ChannelLayerWrapper:
     layer = InMemoryChannelLayer(**{k: v for k, v in options.items() if k in _COMMON_OPTIONS})
     # The test itself consumes: no "nothing consumes this channel" warning.
     layer.register_consumer_pool(None)
-    return ChannelLayerWrapper(layer, alias, config.get("ROUTING") or [])
+    wrapper = ChannelLayerWrapper(layer, alias, config.get("ROUTING") or [])
+    # Imported now, as Channels 1.x did: modules it imports (bindings) are live in the test.
+    wrapper.router  # noqa: B018
+    return wrapper
 
 
 class TestLayers:
@@ -84,6 +89,7 @@ class TestLayers:
 
 def next_message(channel: str, alias: str = DEFAULT_CHANNEL_LAYER) -> Message | None:
     """The next message waiting on ``channel`` of the ``alias`` layer, or None (never waits)."""
+    commits.run_released()
     wrapper = channel_layers[alias]
     name, content = wrapper.channel_layer.receive([channel])
     if name is None or content is None:
@@ -130,6 +136,7 @@ def run_consumer(consumer: Callable[..., T], message: Message, kwargs: dict) -> 
             except BaseException:
                 discard_buffered()
                 raise
+            commits.run_released()
             flush_buffered()
             return result
         finally:
@@ -148,12 +155,18 @@ class ChannelTestCaseMixin:
     configured alias by default), whatever backend the settings name."""
 
     test_channel_aliases: list[str] | None = None
+    #: Run ``transaction.on_commit`` callbacks made in the test's own transaction at
+    #: once, as in autocommit: what a binding sends on commit reaches the test.
+    on_commit_immediately = True
     _test_layers: TestLayers | None = None
+    _commits: ImmediateCommits | None = None
 
     @classmethod
     def _start_test_layers(cls) -> None:
         cls._test_layers = TestLayers(cls.test_channel_aliases)
         cls._test_layers.start()
+        if cls.on_commit_immediately and issubclass(cls, TestCase):
+            cls._commits = ImmediateCommits(sorted(cls.databases))
 
     if PRE_SETUP_IS_CLASSMETHOD:
 
@@ -170,6 +183,9 @@ class ChannelTestCaseMixin:
 
     def _post_teardown(self) -> None:
         layers, type(self)._test_layers = self._test_layers, None
+        immediate, type(self)._commits = self._commits, None
+        if immediate is not None:
+            immediate.stop()
         if layers is not None:
             layers.stop()
         super()._post_teardown()  # type: ignore[misc]

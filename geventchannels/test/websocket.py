@@ -146,7 +146,7 @@ class WSClient(Client):
             reply = super().receive()
             if reply is None or not (is_decision(reply) and accepts(reply)):
                 raise AssertionError(
-                    f"connection rejected: the consumer answered {reply!r}, not {{'accept': True}}"
+                    f"Connection rejected: the consumer answered {reply!r}, not {{'accept': True}}"
                 )
             frame = {k: v for k, v in reply.items() if k != "accept"}
             if frame:
