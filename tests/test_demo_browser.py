@@ -2,8 +2,9 @@
 by Playwright talks to ``demo_project/manage.py runserver`` running as a real subprocess.
 
 Two browser contexts (two users, no shared cookies) open the page; a message sent from one
-must reach both logs through the server, the channel layer and the ``chat`` group, once on
-the demo's default in-memory layer and once on Redis (``DEMO_REDIS_URL``).
+must reach both logs through the browser client, the demultiplexer, the message binding and
+the ``chat`` group, once on the demo's default in-memory layer and once on Redis
+(``DEMO_REDIS_URL``). A third tab sees the history, every tab the number of open tabs.
 Playwright's sync API runs fine in this gevent-patched process; only the test side uses it,
 the product process has no asyncio in it.
 """
@@ -131,6 +132,8 @@ def test_a_message_typed_in_one_browser_appears_in_both(browser, demo_url, tmp_p
 
     alice = open_chat(browser, demo_url)
     bob = open_chat(browser, demo_url)
+    for page in (alice, bob):
+        expect(page.locator("#online")).to_have_text("2 online", timeout=WAIT_MS)
 
     alice.fill("#text", "hello from alice")
     alice.get_by_role("button", name="Send").click()
@@ -141,10 +144,24 @@ def test_a_message_typed_in_one_browser_appears_in_both(browser, demo_url, tmp_p
 
     bob.fill("#text", "hi alice")
     bob.press("#text", "Enter")
+    both = ["hello from alice", "hi alice"]
     for page in (alice, bob):
-        expect(page.locator("#log div.message")).to_have_text(
-            ["hello from alice", "hi alice"], timeout=WAIT_MS
-        )
+        expect(page.locator("#log div.message")).to_have_text(both, timeout=WAIT_MS)
+
+    # A tab opened later gets the history from the page, then the new ones live.
+    carol = open_chat(browser, demo_url)
+    expect(carol.locator("#log div.message")).to_have_text(both, timeout=WAIT_MS)
+    for page in (alice, bob, carol):
+        expect(page.locator("#online")).to_have_text("3 online", timeout=WAIT_MS)
+
+    # The binding validates what clients send: too long is refused, and said so.
+    carol.fill("#text", "x" * 2001)
+    carol.press("#text", "Enter")
+    expect(carol.locator("#error")).to_contain_text("at most 2000 characters", timeout=WAIT_MS)
+    carol.context.close()
+    for page in (alice, bob):
+        expect(page.locator("#online")).to_have_text("2 online", timeout=WAIT_MS)
+        expect(page.locator("#log div.message")).to_have_text(both, timeout=WAIT_MS)
 
     screenshot = tmp_path / "chat.png"
     alice.screenshot(path=str(screenshot))

@@ -1,22 +1,30 @@
-"""The chat's consumers: plain functions of a message, as in Channels 1.x."""
+"""The chat's socket: one WebSocket at /chat/ carrying two streams.
 
-import json
+- "messages": the MessageBinding (post a message; hear of every new one);
+- "online": how many tabs are open, sent to all of them when one opens or closes.
+"""
 
-from geventchannels import Group
+from geventchannels.generic.websockets import (
+    JsonWebsocketConsumer,
+    WebsocketDemultiplexer,
+    WebsocketMultiplexer,
+)
 
-ROOM = Group("chat")
-
-
-def join(message):
-    ROOM.add(message.reply_channel)
-    message.reply_channel.send({"accept": True})
-
-
-def say(message):
-    text = message.get("text") or ""
-    if text.strip():
-        ROOM.send({"text": json.dumps({"text": text[:2000]})})
+from .bindings import ROOM, MessageBinding
 
 
-def leave(message):
-    ROOM.discard(message.reply_channel)
+class Online(JsonWebsocketConsumer):
+    def connect(self, message, **kwargs):
+        self.announce()
+
+    def disconnect(self, message, **kwargs):
+        self.announce()
+
+    def announce(self):
+        online = len(self.message.channel_layer.group_channels(ROOM))
+        WebsocketMultiplexer.group_send(ROOM, "online", {"online": online})
+
+
+class Chat(WebsocketDemultiplexer):
+    groups = [ROOM]
+    consumers = {"messages": MessageBinding.consumer, "online": Online}

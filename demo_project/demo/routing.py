@@ -1,8 +1,3 @@
-from chat import consumers
-from geventchannels.routing import route
+from chat.consumers import Chat
 
-channel_routing = [
-    route("websocket.connect", consumers.join, path=r"^/chat/$"),
-    route("websocket.receive", consumers.say, path=r"^/chat/$"),
-    route("websocket.disconnect", consumers.leave, path=r"^/chat/$"),
-]
+channel_routing = [Chat.as_route(path=r"^/chat/$")]

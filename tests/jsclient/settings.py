@@ -1,0 +1,11 @@
+"""The browser client's test site: the test project plus two pages and a multiplexed socket."""
+
+from tests.project.settings import *  # noqa: F403
+
+ROOT_URLCONF = "tests.jsclient.urls"
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "geventchannels.layers.InMemoryChannelLayer",
+        "ROUTING": "tests.jsclient.routing.channel_routing",
+    }
+}
