@@ -15,8 +15,8 @@ from __future__ import annotations
 import fnmatch
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent import getcurrent
@@ -45,7 +45,8 @@ class Worker:
     ``channel_layer_wrapper`` is ``channel_layers[alias]`` (layer plus router).
     ``only_channels`` / ``exclude_channels`` are glob patterns over the routed channel
     names. ``concurrency`` and ``ordered`` default to the ``WORKER_CONCURRENCY`` and
-    ``ORDERED_DISPATCH`` settings.
+    ``ORDERED_DISPATCH`` settings; ``overrides`` (``{"CONSUME_LATER_LIMIT": 5}``, from a run
+    mode's command line) win over the settings for every consumer-pool setting.
     """
 
     #: Seconds the receiving greenlet waits in one ``receive`` call (stop() does not wait
@@ -59,15 +60,20 @@ class Worker:
         only_channels: Iterable[str] | None = None,
         exclude_channels: Iterable[str] | None = None,
         ordered: bool | None = None,
+        overrides: Mapping[str, Any] | None = None,
     ):
+        overrides = dict(overrides or {})
+        if concurrency is not None:
+            overrides["WORKER_CONCURRENCY"] = concurrency
+        if ordered is not None:
+            overrides["ORDERED_DISPATCH"] = ordered
+        self.overrides = overrides
         self.channel_layer_wrapper = channel_layer_wrapper
         self.channel_layer = channel_layer_wrapper.channel_layer
         self.router = channel_layer_wrapper.router
-        self.concurrency = int(conf.get("WORKER_CONCURRENCY", {"WORKER_CONCURRENCY": concurrency}))
-        if self.concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
-        self.ordered = bool(conf.get("ORDERED_DISPATCH", {"ORDERED_DISPATCH": ordered}))
-        self.consume_later_limit = int(conf.get("CONSUME_LATER_LIMIT"))
+        self.concurrency = conf.get("WORKER_CONCURRENCY", overrides)
+        self.ordered = conf.get("ORDERED_DISPATCH", overrides)
+        self.consume_later_limit = conf.get("CONSUME_LATER_LIMIT", overrides)
         self.channels = self.apply_channel_filters(
             self.router.channels, only_channels, exclude_channels
         )
@@ -118,7 +124,7 @@ class Worker:
         """Stop taking messages, give running consumers ``timeout`` seconds to finish
         (``GRACEFUL_TIMEOUT`` by default), then kill what still runs."""
         if timeout is None:
-            timeout = conf.get("GRACEFUL_TIMEOUT")
+            timeout = conf.get("GRACEFUL_TIMEOUT", self.overrides)
         self._stopping = True
         if self._greenlets:
             # The receiver only ever waits in receive(), which gives a message it was

@@ -130,3 +130,17 @@ def test_the_server_config_reads_the_table():
         config = ServerConfig.from_settings({"HTTP_TIMEOUT": 3})
     assert (config.websocket_outbound_queue, config.http_timeout) == (7, 3.0)
     assert config.websocket_max_message_size == 1_048_576
+
+
+def test_the_consumer_pool_takes_command_line_overrides_for_every_setting():
+    from geventchannels.asgi import channel_layers
+    from geventchannels.worker import Worker
+
+    worker = Worker(
+        channel_layers["default"],
+        overrides={"CONSUME_LATER_LIMIT": 3, "ORDERED_DISPATCH": False, "GRACEFUL_TIMEOUT": 0},
+    )
+    assert (worker.consume_later_limit, worker.ordered, worker.concurrency) == (3, False, 50)
+    assert Worker(channel_layers["default"], concurrency=7).concurrency == 7
+    with pytest.raises(conf.SettingError, match="--worker-concurrency option must be"):
+        Worker(channel_layers["default"], overrides={"WORKER_CONCURRENCY": 0})

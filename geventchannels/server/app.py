@@ -66,6 +66,7 @@ class ChannelsApplication:
         self.wrapper = channel_layer_wrapper
         self.layer = channel_layer_wrapper.channel_layer
         self.router = channel_layer_wrapper.router
+        self.overrides = dict(overrides or {})
         self.config = config or ServerConfig.from_settings(overrides)
         self.run_worker = run_worker
         self.worker_concurrency = worker_concurrency
@@ -100,7 +101,9 @@ class ChannelsApplication:
         if self.run_worker:
             from ..worker import Worker
 
-            worker = self.worker = Worker(self.wrapper, concurrency=self.worker_concurrency)
+            worker = self.worker = Worker(
+                self.wrapper, concurrency=self.worker_concurrency, overrides=self.overrides
+            )
             worker.start()
         if ChannelsApplication.current is None:
             ChannelsApplication.current = self

@@ -93,7 +93,7 @@ class Command(BaseCommand):
         try:
             worker = Worker(
                 wrapper,
-                concurrency=options["worker_concurrency"],
+                overrides=conf.overrides_from(options),
                 only_channels=options["only_channels"],
                 exclude_channels=options["exclude_channels"],
             )
