@@ -58,15 +58,6 @@ _USER_VERSIONS_LIMIT = 100_000
 _epoch = 0
 
 
-class _SessionRequest:
-    """What django.contrib.auth.get_user needs of a request."""
-
-    __slots__ = ("session",)
-
-    def __init__(self, session: SessionBase) -> None:
-        self.session = session
-
-
 def _anonymous() -> Any:
     from django.contrib.auth.models import AnonymousUser
 
@@ -102,7 +93,7 @@ def user_of_channel_session(session: SessionBase) -> Any:
     cached = session.__dict__.get(_USER_ATTRIBUTE)
     if cached is not None and cached[0] == identity:
         return cached[1]
-    login = _Login({key: session[key] for key in _AUTH_KEYS if key in session})
+    login = _Login.of(session)
     user = get_user(login)  # type: ignore[arg-type]
     if login.flushed:
         for key in _AUTH_KEYS:
@@ -115,11 +106,16 @@ def user_of_channel_session(session: SessionBase) -> Any:
 
 
 class _Login(dict):
-    """The login keys of a channel session, as django.contrib.auth.get_user sees a
-    request: ``flush()`` (a failed check) and ``cycle_key()`` are only noted, so that the
-    channel session keeps its key and its other data."""
+    """The login keys of a session, as django.contrib.auth.get_user sees a request:
+    ``flush()`` (a failed check) and ``cycle_key()`` are only noted. A channel session
+    keeps its key and its other data; a browser's session is never changed by a socket
+    (the browser's next request does what Django does)."""
 
     flushed = False
+
+    @classmethod
+    def of(cls, session: SessionBase) -> _Login:
+        return cls({key: session[key] for key in _AUTH_KEYS if key in session})
 
     @property
     def session(self) -> _Login:
@@ -193,7 +189,7 @@ def http_session_user(func: Consumer) -> Consumer:
     def inner(*args: Any, **kwargs: Any) -> Any:
         message = find_message(args)
         session = message.http_session  # type: ignore[attr-defined]
-        user = _anonymous() if session is None else get_user(_SessionRequest(session))  # type: ignore[arg-type]
+        user = _anonymous() if session is None else get_user(_Login.of(session))  # type: ignore[arg-type]
         message.user = user  # type: ignore[attr-defined]
         if (
             user.is_authenticated

@@ -121,6 +121,8 @@ class ChannelSessionCache:
 
 #: This process's cache of channel sessions.
 cache = ChannelSessionCache()
+#: Whether a consumer of this process was decorated with channel_session.
+_decorated = False
 
 
 def cache_for(layer: Any) -> ChannelSessionCache | None:
@@ -162,6 +164,15 @@ def delete_channel_session(reply_channel: str) -> None:
         logger.exception("could not delete the channel session of %s", reply_channel)
 
 
+def socket_closed(message: Message) -> None:
+    """For the consumer pool, after the consumers of a ``websocket.disconnect`` ran: the
+    socket's channel session is deleted, even when no consumer of that message was
+    decorated (nothing is done when this process never decorated a consumer)."""
+    reply = message.content.get("reply_channel")
+    if _decorated and type(reply) is str and "_channel_session_deleted" not in message.__dict__:
+        delete_channel_session(reply)
+
+
 def find_message(args: tuple) -> Message:
     """The Message among a consumer's first two arguments (a function's, or a method's
     after ``self``)."""
@@ -178,6 +189,9 @@ def channel_session(func: Consumer) -> Consumer:
     """``message.channel_session``: a Django session for the socket, kept across its
     messages. Saved after the consumer returns, when modified; nested decorators share
     one load and one save."""
+
+    global _decorated
+    _decorated = True
 
     @functools.wraps(func)
     def inner(*args: Any, **kwargs: Any) -> Any:
@@ -221,6 +235,7 @@ def _run_with_channel_session(message: Message, func: Callable, args: tuple, kwa
         ):
             # The socket is gone (or never opens): so is its session.
             delete_channel_session(reply)
+            message.__dict__["_channel_session_deleted"] = True
         elif session.modified:
             if succeeded:
                 try:

@@ -185,6 +185,22 @@ def test_deleted_from_the_store_after_the_disconnect_consumer(layer):
     assert cache.get(reply) is None
 
 
+def test_socket_closed_deletes_the_session_when_no_disconnect_consumer_is_decorated(layer):
+    from geventchannels.sessions import socket_closed
+
+    reply = new_reply()
+
+    @channel_session
+    def connect(message):
+        message.channel_session["x"] = 1
+
+    connect(message(layer, "websocket.connect", reply, 0))
+    assert stored(reply) == {"x": 1}
+    socket_closed(message(layer, "websocket.disconnect", reply, 1, code=1000))
+    assert stored(reply) is None
+    assert cache.get(reply) is None
+
+
 @pytest.mark.parametrize("how", ["deny", "close", "accept-false"])
 def test_a_refused_handshake_leaves_no_session(layer, how):
     reply = new_reply()
