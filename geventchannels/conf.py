@@ -53,25 +53,24 @@ def positive_int(value: Any) -> int:
 positive_int.expects = "a whole number of at least 1"  # type: ignore[attr-defined]
 
 
-def seconds(value: Any) -> float:
+def _seconds(value: Any, zero_allowed: bool) -> float:
     if isinstance(value, bool):
         raise ValueError
     number = float(value)
-    if not number > 0 or number == float("inf"):
+    if not (number >= 0 if zero_allowed else number > 0) or number == float("inf"):
         raise ValueError
     return number
+
+
+def seconds(value: Any) -> float:
+    return _seconds(value, zero_allowed=False)
 
 
 seconds.expects = "a number of seconds greater than 0"  # type: ignore[attr-defined]
 
 
 def seconds_or_off(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError
-    number = float(value)
-    if not number >= 0 or number == float("inf"):
-        raise ValueError
-    return number
+    return _seconds(value, zero_allowed=True)
 
 
 seconds_or_off.expects = "a number of seconds, or 0 to turn it off"  # type: ignore[attr-defined]
@@ -434,13 +433,14 @@ def markdown() -> str:
                 "| setting | default | value | what it does | command line |",
                 "|---|---|---|---|---|",
             ]
-        modes = ", ".join(_MODE_NAMES[m] for m in sorted(setting.modes)) or "none"
+        modes = ", ".join(_MODE_NAMES[m] for m in sorted(setting.modes))
         flags = " ".join(f"`{f}`" for f in (setting.flag, *setting.aliases))
         if setting.validate is boolean:
             flags = f"`{setting.flag}` / `--no-{setting.flag[2:]}`"
+        flags = f"{flags} ({modes})" if modes else "settings only"
         lines.append(
             f"| `{setting.name}` | `{_shown(setting.default)}` | {setting.expects} | "
-            f"{setting.help} | {flags} ({modes}) |"
+            f"{setting.help} | {flags} |"
         )
         next_index = SETTINGS.index(setting) + 1
         if next_index == len(SETTINGS) or SETTINGS[next_index].section != section:
