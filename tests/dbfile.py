@@ -29,21 +29,25 @@ def connect_skip_fsync() -> None:
 
 
 def file_database() -> str:
-    """Point the ``default`` database at a migrated SQLite file; returns its path."""
+    """Point the ``default`` database at a migrated SQLite file (made on the first call);
+    returns its path. Call it at the start of every module that needs it: Django's test
+    database helpers (setup_databases) may have moved the connection since."""
     global _path
-    if _path is not None:
-        return _path
     from django.core.management import call_command
     from django.db import connection, connections
 
-    connect_skip_fsync()
-    descriptor, path = tempfile.mkstemp(prefix="gc-tests-", suffix=".sqlite3")
-    os.close(descriptor)
+    fresh = _path is None
+    if _path is None:
+        connect_skip_fsync()
+        descriptor, _path = tempfile.mkstemp(prefix="gc-tests-", suffix=".sqlite3")
+        os.close(descriptor)
+    # Named first: Django ignores close() on an in-memory database, so closing while the
+    # name is still ":memory:" would keep this greenlet's connection on it.
+    connections.settings["default"]["NAME"] = _path
     connections.close_all()
-    connections.settings["default"]["NAME"] = path
-    with connection.cursor() as cursor:
-        # Several processes (the multi-process tests) write to it at once.
-        cursor.execute("PRAGMA journal_mode=WAL")
-    call_command("migrate", verbosity=0, interactive=False)
-    _path = path
-    return path
+    if fresh:
+        with connection.cursor() as cursor:
+            # Several processes (the multi-process tests) write to it at once.
+            cursor.execute("PRAGMA journal_mode=WAL")
+        call_command("migrate", verbosity=0, interactive=False)
+    return _path
