@@ -215,6 +215,9 @@ def _run_with_channel_session(message: Message, func: Callable, args: tuple, kwa
     if session is None:
         session = session_for_reply_channel(reply)
         if cached is not None:
+            # Another message of the socket may have loaded it while this one waited for
+            # the store: every consumer of the socket must share one copy.
+            session = cached.get(reply) or session
             cached.put(reply, session)
     message.channel_session = session  # type: ignore[attr-defined]
     succeeded = refused = False
