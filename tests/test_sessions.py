@@ -246,6 +246,27 @@ def test_in_memory_layer_keeps_the_session_and_frames_cost_no_query(layer):
     assert stored(reply) == {"n": 2}
 
 
+def test_messages_of_a_socket_loading_at_once_share_one_copy(layer):
+    import gevent
+
+    reply = new_reply()
+
+    @channel_session
+    def mark(message):
+        message.channel_session[message["text"]] = True
+
+    with override_settings(CHANNEL_SESSION_ENGINE="tests.project.slow_sessions"):
+        gevent.joinall(
+            [
+                gevent.spawn(mark, message(layer, "websocket.receive", reply, 1, text="a")),
+                gevent.spawn(mark, message(layer, "websocket.receive", reply, 2, text="b")),
+            ],
+            raise_error=True,
+        )
+    assert stored(reply) == {"a": True, "b": True}
+    assert dict(cache.get(reply).items()) == {"a": True, "b": True}
+
+
 def test_the_cache_is_bounded_least_recently_used_first_out():
     bounded = ChannelSessionCache(size=2)
     sessions = {name: SessionStore() for name in "abc"}
