@@ -180,16 +180,27 @@ def test_through_the_test_client():
             other.send_and_consume("websocket.connect")
 
 
-@override_settings(ALLOWED_HOSTS=["example.com"])
+class HttpsOnly(BaseOriginValidator):
+    def validate_origin(self, message, origin):
+        return origin.startswith("https://")
+
+
+@HttpsOnly
+def https_connect(message, **kwargs):
+    accepted.append(message["path"])
+    message.reply_channel.send({"accept": True})
+
+
+@override_settings(ALLOWED_HOSTS=["*"])  # the server's own origin policy lets all through
 def test_real_server_answers_a_refused_origin_with_403():
-    with live_server([route("websocket.connect", connect)]) as server:
+    with live_server([route("websocket.connect", https_connect)]) as server:
         ws = websocket.create_connection(
-            server.ws_url + "/chat/", origin="http://example.com", timeout=5
+            server.ws_url + "/chat/", origin="https://example.com", timeout=5
         )
         ws.close()
         with pytest.raises(websocket.WebSocketBadStatusException) as refused:
             websocket.create_connection(
-                server.ws_url + "/chat/", origin="http://evil.com", timeout=5
+                server.ws_url + "/chat/", origin="http://example.com", timeout=5
             )
         assert refused.value.status_code == 403
     assert accepted == ["/chat/"]
