@@ -14,9 +14,15 @@ from django.test.utils import override_settings
 
 from geventchannels.auth import (
     LOGOUT_CLOSE_CODE,
+    channel_and_http_session_user_from_http,
+    channel_session_user,
+    http_session_user,
     logout_group_name,
     transfer_user,
 )
+from geventchannels.layers.inmemory import InMemoryChannelLayer
+from geventchannels.message import Message
+from geventchannels.sessions import channel_and_http_session
 from tests.project import auth_routing, auth_settings
 
 from .browser import Browser, ask, close_code, new_user
@@ -142,6 +148,57 @@ def test_frames_of_a_logged_in_socket_cost_no_database_query(site):
         assert ask(ws)["user"] == user.username
     assert len([s for s in statements if "auth_user" in s]) == 1  # loaded again, once
     ws.close()
+
+
+def logged_in_session(user) -> SessionStore:
+    """What django.contrib.auth.login() leaves in a browser's session."""
+    session = SessionStore()
+    session.update(
+        {
+            "_auth_user_id": str(user.pk),
+            "_auth_user_backend": "django.contrib.auth.backends.ModelBackend",
+            "_auth_user_hash": user.get_session_auth_hash(),
+        }
+    )
+    session.create()
+    return session
+
+
+def test_http_session_user_and_the_http_session_on_later_frames():
+    file_database()
+    user = new_user()
+    browser = logged_in_session(user)
+    layer = InMemoryChannelLayer()
+    reply = "websocket.send!" + secrets.token_urlsafe(16)
+    cookie = [[b"cookie", b"sessionid=" + browser.session_key.encode()]]
+    seen = []
+
+    @http_session_user
+    def plain(message):
+        seen.append(("plain", message.user.username, message.http_session.session_key))
+
+    @channel_and_http_session_user_from_http
+    def connect(message):
+        seen.append(("connect", message.user.username, message.http_session.session_key))
+
+    @channel_session_user
+    @channel_and_http_session
+    def receive(message):
+        seen.append(("receive", message.user.username, message.http_session.session_key))
+
+    def content(order, **extra):
+        return {"reply_channel": reply, "path": "/", "order": order, **extra}
+
+    plain(Message(content(0, headers=cookie, query_string=b""), "websocket.connect", layer))
+    connect(Message(content(0, headers=cookie, query_string=b""), "websocket.connect", layer))
+    receive(Message(content(1, text="hi"), "websocket.receive", layer))
+    key = browser.session_key
+    assert seen == [
+        ("plain", user.username, key),
+        ("connect", user.username, key),
+        ("receive", user.username, key),
+    ]
+    assert layer.group_channels(logout_group_name(key)) == [reply]
 
 
 def test_transfer_user_copies_a_complete_login_only():

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 
+import gevent
 import pytest
 import websocket
 from django.contrib.sessions.backends.db import SessionStore
@@ -247,8 +249,6 @@ def test_in_memory_layer_keeps_the_session_and_frames_cost_no_query(layer):
 
 
 def test_messages_of_a_socket_loading_at_once_share_one_copy(layer):
-    import gevent
-
     reply = new_reply()
 
     @channel_session
@@ -350,7 +350,7 @@ def test_channel_and_http_session_keeps_the_http_session_for_later_frames(layer)
 # -- through the server ----------------------------------------------------------------------
 
 
-def test_a_value_written_on_connect_is_read_back_on_receive():
+def test_a_value_written_on_connect_is_read_back_on_receive_and_gone_after_disconnect():
     @channel_session
     def connect(message):
         message.channel_session["room"] = "lobby"
@@ -358,11 +358,26 @@ def test_a_value_written_on_connect_is_read_back_on_receive():
 
     @channel_session
     def receive(message):
-        message.reply_channel.send({"text": json.dumps(dict(message.channel_session.items()))})
+        session = dict(message.channel_session.items())
+        message.reply_channel.send({"text": json.dumps([message.reply_channel.name, session])})
 
-    routes = [route("websocket.connect", connect), route("websocket.receive", receive)]
+    @channel_session
+    def disconnect(message):
+        pass
+
+    routes = [
+        route("websocket.connect", connect),
+        route("websocket.receive", receive),
+        route("websocket.disconnect", disconnect),
+    ]
     with live_server(routes) as server:
         ws = websocket.create_connection(server.ws_url + "/", timeout=10)
         ws.send("hi")
-        assert json.loads(ws.recv()) == {"room": "lobby"}
+        reply, session = json.loads(ws.recv())
+        assert session == {"room": "lobby"}
+        assert stored(reply) == {"room": "lobby"}
         ws.close()
+        deadline = time.monotonic() + 10
+        while stored(reply) is not None:
+            assert time.monotonic() < deadline, "the channel session outlived its socket"
+            gevent.sleep(0.02)
