@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port, wait_for_port
-from tests.js_build import CLASSIC, MODULE, build
 from tests.test_demo_browser import WAIT_MS, browser  # noqa: F401  (the fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,10 +117,6 @@ FAST = {"minDelay": 50, "maxDelay": 250}
 def connect(page, key: str = "b", **options) -> None:
     page.evaluate(CONNECT, [key, {**FAST, **options}])
     page.wait_for_function(f"window.logs.{key}.opens === 1")
-
-
-def test_the_classic_script_is_built_from_the_module():
-    assert CLASSIC.read_text() == build(MODULE.read_text()), "run: python -m tests.js_build"
 
 
 def test_it_connects_and_demultiplexes_two_streams(browser, site):  # noqa: F811

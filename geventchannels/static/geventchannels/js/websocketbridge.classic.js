@@ -1,22 +1,21 @@
-/* Built from websocketbridge.js by tests/js_build.py: edit that file, then run
- * `python -m tests.js_build`. A classic script: window.geventchannels.WebSocketBridge. */
-(function (global) {
-"use strict";
-
 /**
  * geventchannels browser client: one WebSocket that reconnects by itself, queues what is
  * sent while it is down, and carries several streams ({"stream": ..., "payload": ...},
  * as WebsocketDemultiplexer expects).
  *
  *   import { WebSocketBridge } from "/static/geventchannels/js/websocketbridge.js";
+ *   // or <script src=".../websocketbridge.classic.js"> and window.geventchannels.WebSocketBridge
  *   const bridge = new WebSocketBridge();
  *   bridge.demultiplex("chat", (payload, stream) => show(payload));
  *   bridge.connect("/chat/");
  *   bridge.stream("chat").send({ text: "hello" });
  *
- * This file is the ES module; websocketbridge.classic.js is the same code for a plain
- * <script> tag (window.geventchannels.WebSocketBridge), built from it by tests/js_build.py.
+ * This file is the whole client, usable as a classic <script> (it sets
+ * window.geventchannels, and window.channels.WebSocketBridge, 1.x's global, when free);
+ * websocketbridge.js is the ES module that re-exports it.
  */
+(function (global) {
+"use strict";
 
 /** Close codes after which the bridge reconnects: the server went away or restarts
  * (1001, 1012), the connection broke (1006), the server failed or was overloaded (1011,
@@ -215,4 +214,4 @@ class WebSocketBridge {
 
 global.geventchannels = { RECONNECT_CODES: RECONNECT_CODES, DEFAULT_OPTIONS: DEFAULT_OPTIONS, resolveUrl: resolveUrl, WebSocketBridge: WebSocketBridge };
 if (global.channels === undefined) global.channels = { WebSocketBridge: WebSocketBridge };
-})(typeof window !== "undefined" ? window : this);
+})(globalThis);
