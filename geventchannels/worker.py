@@ -1,13 +1,22 @@
-"""The consumer pool: greenlets that take messages from a channel layer and run consumers.
+"""The consumer pool: greenlets that take messages and run consumers.
 
-One receiving greenlet takes a message from the routed channels whenever a consumer
-greenlet is free and hands it over; the consumer greenlet finds the consumer with the
-Router, calls it, and sends what it buffered. With ``ORDERED_DISPATCH`` the messages of
-one socket (one ``reply_channel``) never run at the same time and keep the order they
-were received in: a message for a socket whose consumer is running is queued behind it
-and run next by the same greenlet. A single receiver is what makes that order exact:
-with several, a message handed to one greenlet could wait for its turn to run while
-another greenlet runs a later message of the same socket.
+Messages reach the pool two ways. The server of this process hands it the messages of
+its own sockets (``websocket.*``, ``http.request``, ``http.disconnect``) with ``offer``
+whenever the pool consumes their channel: local first, they never touch the layer.
+Everything else (named channels such as background tasks, sockets of servers that run no
+pool) comes from the layer, taken by one receiving greenlet in batches of as many
+messages as consumer greenlets are free, so that what this process cannot run yet stays
+in the layer for other processes.
+
+Both ways end in one synchronous dispatch step. A consumer greenlet finds the consumer
+with the Router, calls it, and sends what it buffered. With ``ORDERED_DISPATCH`` the
+messages of one socket (one ``reply_channel``) never run at the same time and keep the
+order they were dispatched in: a message for a socket whose consumer is running is
+queued behind it and run next by the same greenlet. A message that finds every consumer
+greenlet busy waits in the pool's queue, first in first out; an offered one is refused
+with ChannelFull when its channel's capacity of messages already wait there (or behind
+its socket's running consumer), so the server's patience, 503 and 1013 keep their
+meaning.
 """
 
 from __future__ import annotations
@@ -15,7 +24,8 @@ from __future__ import annotations
 import fnmatch
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -24,19 +34,26 @@ from gevent.event import Event
 from gevent.queue import SimpleQueue
 
 from . import conf
-from .channel import discard_buffered, flush_buffered, start_buffering
-from .exceptions import ChannelFull, ChannelSocketException, ConsumeLater, DenyConnection
-from .message import Message
-from .signals import send_consumer_finished, send_consumer_started, worker_ready
-from .utils import name_that_thing
+from .consuming import RETRIES_KEY, ConsumerCalls
+from .exceptions import ChannelFull
+from .layers.copying import check_message
+from .signals import worker_ready
 
 if TYPE_CHECKING:
     from .asgi import ChannelLayerWrapper
 
 logger = logging.getLogger(__name__)
 
-#: Content key counting how often ConsumeLater put a message back (as in Channels 1.x).
-RETRIES_KEY = "__retries__"
+#: A message for a consumer greenlet: (channel, content, reply_channel when ordered, offered).
+Job = tuple[str, dict, "str | None", bool]
+
+__all__ = ["RETRIES_KEY", "SocketBacklogFull", "Worker"]
+
+
+class SocketBacklogFull(ChannelFull):
+    """An offered message refused because its channel's capacity of that socket's
+    messages already waits for the socket's running consumer (ORDERED_DISPATCH): only
+    that socket must wait, not the others on the channel."""
 
 
 class Worker:
@@ -52,6 +69,9 @@ class Worker:
     #: Seconds the receiving greenlet waits in one ``receive`` call (stop() does not wait
     #: for it: it interrupts the receive, and the layer puts back a message it was handing).
     receive_timeout = 5.0
+    #: Seconds before the receiving greenlet gets another turn while offered messages wait,
+    #: after a turn that found the layer empty: a turn costs a non-blocking receive.
+    remote_turn_pause = 0.005
 
     def __init__(
         self,
@@ -83,9 +103,21 @@ class Worker:
         self._free = 0
         self._free_changed = Event()
         self._jobs: SimpleQueue = SimpleQueue()
-        #: reply_channel -> messages waiting for the greenlet that runs that socket's consumer.
-        self._busy: dict[str, deque[tuple[str, dict]]] = {}
-        self._names: dict[Callable, str] = {}
+        #: reply_channel -> (channel, content, offered) waiting for the greenlet that runs
+        #: that socket's consumer.
+        self._busy: dict[str, deque[tuple[str, dict, bool]]] = {}
+        self._consumed = frozenset(self.channels)
+        self._accepting = False
+        #: (channel, content, offered, since) that found every consumer greenlet busy.
+        self._queue: deque[tuple[str, dict, bool, float]] = deque()
+        #: Offered messages per channel in _queue, held to the channel's capacity.
+        self._queued: dict[str, int] = {}
+        #: The receiving greenlet waits for a free consumer greenlet.
+        self._receiver_waiting = False
+        self._remote_turn_at = 0.0
+        self._calls = ConsumerCalls(
+            self.router, self.channel_layer, Worker, self.consume_later_limit, self._put_back
+        )
 
     @staticmethod
     def apply_channel_filters(
@@ -117,6 +149,7 @@ class Worker:
         self._consumers = [gevent.spawn(self._consume) for _ in range(self.concurrency)]
         self._greenlets = [gevent.spawn(self._receive), *self._consumers]
         self.channel_layer.register_consumer_pool(self)
+        self._accepting = True
         logger.info("consumers on: %s (%d greenlets)", ", ".join(self.channels), self.concurrency)
         worker_ready.send(sender=self)
 
@@ -126,6 +159,7 @@ class Worker:
         if timeout is None:
             timeout = conf.get("GRACEFUL_TIMEOUT", self.overrides)
         self._stopping = True
+        self._accepting = False
         if self._greenlets:
             # The receiver only ever waits in receive(), which gives a message it was
             # handed back to its channel when killed, so stopping it here loses nothing.
@@ -147,6 +181,14 @@ class Worker:
                     timeout,
                 )
             gevent.killall(running, block=True, timeout=5)
+        if self._queue:
+            logger.warning(
+                "%d messages that waited for a free consumer were lost: the pool stopped",
+                len(self._queue),
+            )
+            self._queue.clear()
+            self._queued.clear()
+        self.channel_layer.forget_consumer_pool(self)
 
     def run(self) -> None:
         """Start the pool and block until it is stopped."""
@@ -162,27 +204,140 @@ class Worker:
     def running(self) -> bool:
         return any(not g.dead for g in self._greenlets)
 
-    # -- receiving: one greenlet, so that receive order is dispatch order ------------
+    # -- local first: the server's own sockets -------------------------------------
+
+    def takes(self, channel: str) -> bool:
+        """Whether the server of this process should ``offer`` its sockets' messages on
+        ``channel`` to this pool rather than send them through the layer."""
+        return self._accepting and channel in self._consumed
+
+    def offer(self, channel: str, content: dict) -> None:
+        """Take a message the server built for one of its sockets (and never touches
+        again) without the layer. Raises MessageTooLarge as the layer would, and
+        ChannelFull when the channel's capacity of offered messages already waits for a
+        free consumer greenlet, or for this socket's running consumer."""
+        layer = self.channel_layer
+        check_message(content, layer.max_message_size)
+        try:
+            self._dispatch(channel, content, True)
+        except ChannelFull:
+            layer.count_local(channel, full=True)
+            raise
+        layer.count_local(channel)
+
+    def local_backlog(self, channel: str | None = None) -> tuple[int, float]:
+        """Offered messages (of ``channel``, or all) waiting to run, and the seconds the
+        oldest has waited for a free consumer greenlet: for the layer's statistics."""
+        now = monotonic()
+        count, oldest = 0, 0.0
+        for name, _content, offered, since in self._queue:
+            if offered and (channel is None or name == channel):
+                count += 1
+                oldest = max(oldest, now - since)
+        for waiting in self._busy.values():
+            count += sum(1 for name, _c, offered in waiting if offered and channel in (None, name))
+        return count, oldest
+
+    # -- dispatch: one synchronous step, so that dispatch order is run order ----------
+
+    def _dispatch(self, channel: str, content: dict, offered: bool, first: bool = False) -> None:
+        """Run a message on a free consumer greenlet, behind its socket's running
+        consumer, or, when every greenlet is busy, at the end of the queue. ``first``: a
+        message of the receiving greenlet's turn, which takes a free greenlet even while
+        offered messages wait."""
+        reply = content.get("reply_channel") if self.ordered else None
+        if type(reply) is str:
+            waiting = self._busy.get(reply)
+            if waiting is not None:
+                if len(waiting) < self.channel_layer.get_capacity(channel):
+                    waiting.append((channel, content, offered))
+                elif offered:
+                    raise SocketBacklogFull(self._full(channel, f"{len(waiting)} of {reply}"))
+                else:
+                    self._overflow(channel, reply, len(waiting))
+                return
+        else:
+            reply = None
+        if self._free and (first or not self._queue):
+            if reply is not None:
+                self._busy[reply] = deque()
+            self._free -= 1
+            self._jobs.put((channel, content, reply, offered))
+            return
+        if offered:
+            queued = self._queued.get(channel, 0)
+            if queued >= self.channel_layer.get_capacity(channel):
+                raise ChannelFull(self._full(channel, f"{queued} messages"))
+            self._queued[channel] = queued + 1
+        self._queue.append((channel, content, offered, monotonic()))
+
+    @staticmethod
+    def _full(channel: str, what: str) -> str:
+        return (
+            f"channel {channel!r} is full in this process's consumer pool ({what} wait for "
+            "a consumer): run more consumers, or raise WORKER_CONCURRENCY or its capacity"
+        )
+
+    def _next_queued(self) -> Job | None:
+        """The next queued message to run; those whose socket's consumer is running
+        now go behind it instead."""
+        queue, busy = self._queue, self._busy
+        while queue:
+            channel, content, offered, _since = queue.popleft()
+            if offered:
+                self._queued[channel] -= 1
+            reply = content.get("reply_channel") if self.ordered else None
+            if type(reply) is str:
+                waiting = busy.get(reply)
+                if waiting is not None:
+                    waiting.append((channel, content, offered))
+                    continue
+                busy[reply] = deque()
+            else:
+                reply = None
+            return channel, content, reply, offered
+        return None
+
+    def _run_queued(self) -> None:
+        """Give free consumer greenlets to queued messages."""
+        while self._free and self._queue:
+            job = self._next_queued()
+            if job is None:
+                return
+            self._free -= 1
+            self._jobs.put(job)
+
+    def _remote_turn(self) -> bool:
+        """Whether a greenlet that finished, with messages queued, should go free for the
+        receiving greenlet rather than take the next: every other time while the
+        receiver waits for one, so that offered messages cannot starve the layer's."""
+        if not self._receiver_waiting or self._remote_turn_at > monotonic():
+            return False
+        self._receiver_waiting = False
+        return True
+
+    # -- receiving from the layer: one greenlet ------------------------------------
 
     def _receive(self) -> None:
-        """Take messages from the layer while a consumer greenlet is free, and hand
-        each to one. A message whose socket (reply_channel) is being consumed goes to
-        that socket's queue instead, which the busy consumer greenlet runs next."""
-        receive = self.channel_layer.receive
+        """Take messages from the layer while consumer greenlets are free, as many as
+        are free at once, and dispatch them. While offered messages wait in the queue
+        the receiver only looks (a non-blocking receive) when its turn comes."""
+        receive_batch = self.channel_layer.receive_batch
         channels = self.channels
         timeout = self.receive_timeout
-        ordered = self.ordered
-        busy = self._busy
-        put = self._jobs.put
+        dispatch = self._dispatch
         failures = 0
         try:
             while not self._stopping:
                 if not self._free:
+                    self._receiver_waiting = True
                     self._free_changed.clear()
                     self._free_changed.wait(timeout)
+                    self._receiver_waiting = False
                     continue
+                turn = bool(self._queue)
                 try:
-                    channel, content = receive(channels, True, timeout)
+                    batch = receive_batch(channels, self._free, not turn, timeout)
                 except Exception as error:
                     failures += 1
                     delay = min(5.0, 0.1 * 2**failures)
@@ -193,25 +348,15 @@ class Worker:
                             error,
                             delay,
                         )
+                    self._run_queued()
                     gevent.sleep(delay)
                     continue
                 failures = 0
-                if channel is None or content is None:
-                    continue
-                reply = content.get("reply_channel") if ordered else None
-                if type(reply) is str:
-                    waiting = busy.get(reply)
-                    if waiting is not None:
-                        if len(waiting) < self.channel_layer.get_capacity(channel):
-                            waiting.append((channel, content))
-                        else:
-                            self._overflow(channel, reply, len(waiting))
-                        continue
-                    busy[reply] = deque()
-                else:
-                    reply = None
-                self._free -= 1
-                put((channel, content, reply))
+                if turn and not batch:
+                    self._remote_turn_at = monotonic() + self.remote_turn_pause
+                for channel, content in batch:
+                    dispatch(channel, content, False, True)
+                self._run_queued()
         except BaseException:
             if not self._stopping:
                 logger.exception("the consumer pool stopped receiving")
@@ -221,34 +366,39 @@ class Worker:
 
     def _consume(self) -> None:
         get = self._jobs.get
-        handle = self._handle
-        busy = self._busy
         while True:
-            job = get()
+            job: Job | None = get()
             if job is None:
                 return
-            channel, content, reply = job
-            try:
-                handle(channel, content)
-                if reply is not None:
-                    waiting = busy[reply]
-                    while waiting:
-                        channel, content = waiting.popleft()
-                        handle(channel, content)
-            except Exception:
-                logger.exception("the consumer pool failed on a message on %s", channel)
-            finally:
-                if reply is not None:
-                    waiting = busy.pop(reply)
-                    if waiting:
-                        logger.warning(
-                            "%d messages for %s were lost: the consumer pool was killed",
-                            len(waiting),
-                            reply,
-                        )
-                self._free += 1
-                if self._free == 1:
-                    self._free_changed.set()
+            while job is not None:
+                self._run(job)
+                job = self._next_queued() if self._queue and not self._remote_turn() else None
+            self._free += 1
+            if self._free == 1:
+                self._free_changed.set()
+
+    def _run(self, job: Job) -> None:
+        """Run one message, then those queued behind its socket meanwhile."""
+        channel, content, reply, offered = job
+        handle = self._calls.handle
+        try:
+            handle(channel, content, offered)
+            if reply is not None:
+                waiting = self._busy[reply]
+                while waiting:
+                    channel, content, offered = waiting.popleft()
+                    handle(channel, content, offered)
+        except Exception:
+            logger.exception("the consumer pool failed on a message on %s", channel)
+        finally:
+            if reply is not None:
+                waiting = self._busy.pop(reply)
+                if waiting:
+                    logger.warning(
+                        "%d messages for %s were lost: the consumer pool was killed",
+                        len(waiting),
+                        reply,
+                    )
 
     def _overflow(self, channel: str, reply: str, waiting: int) -> None:
         """A socket sent more than its channel holds while its consumer is busy: treat it
@@ -266,116 +416,13 @@ class Worker:
             except Exception:
                 pass
 
-    def _handle(self, channel: str, content: dict) -> None:
-        """Run the consumer routed for one message, with its sends buffered."""
-        try:
-            match = self.router.match_content(channel, content)
-        except Exception:
-            logger.exception("routing a message on %s failed; message ignored", channel)
-            return
-        if match is None:
-            logger.warning(
-                "no route matches the message on %s (keys: %s); ignored",
-                channel,
-                ", ".join(sorted(content)),
-            )
-            return
-        consumer, kwargs = match
-        message = Message(content, channel, self.channel_layer)
-        start_buffering()
-        try:
-            send_consumer_started(Worker)
-            consumer(message, **kwargs)
-        except ConsumeLater:
-            discard_buffered()
-            self._consume_later(channel, content)
-        except ChannelSocketException as error:
-            flush_buffered()
-            self._run_socket_exception(error, message, consumer)
-        except DenyConnection:
-            discard_buffered()
-            self._deny(message, consumer)
-        except Exception:
-            discard_buffered()
-            logger.exception(
-                "error in consumer %s handling a message on %s", self._name(consumer), channel
-            )
-        except BaseException:
-            discard_buffered()
-            raise
+    def _put_back(self, channel: str, content: dict) -> None:
+        """Where ConsumeLater puts an offered message: behind its socket's consumer (the
+        greenlet running it takes it again next, after the socket's other messages), or
+        at the end of the queue."""
+        reply = content.get("reply_channel") if self.ordered else None
+        waiting = self._busy.get(reply) if type(reply) is str else None
+        if waiting is not None:
+            waiting.append((channel, content, True))  # one per running consumer: bounded
         else:
-            flush_buffered()
-        finally:
-            try:
-                send_consumer_finished(Worker)
-            except Exception:
-                logger.exception(
-                    "a consumer_finished receiver failed after %s", self._name(consumer)
-                )
-
-    # -- outcomes other than a normal return --------------------------------------
-
-    def _consume_later(self, channel: str, content: dict) -> None:
-        retries = content.get(RETRIES_KEY, 0) + 1
-        if retries > self.consume_later_limit:
-            logger.warning(
-                "message on %s dropped: its consumer raised ConsumeLater %d times "
-                "(CONSUME_LATER_LIMIT)",
-                channel,
-                retries - 1,
-            )
-            return
-        content[RETRIES_KEY] = retries
-        for attempt in range(10):
-            try:
-                self.channel_layer.send(channel, content)
-                break
-            except ChannelFull:
-                gevent.sleep(0.01 * (attempt + 1))
-        else:
-            logger.warning(
-                "message on %s dropped: ConsumeLater could not put it back, the "
-                "channel stayed full",
-                channel,
-            )
-            return
-        # Let other greenlets run before the message comes round again.
-        gevent.sleep(0)
-
-    def _run_socket_exception(
-        self, error: ChannelSocketException, message: Message, consumer: Callable
-    ) -> None:
-        try:
-            error.run(message)
-        except Exception:
-            logger.exception(
-                "consumer %s raised %s on %s, and acting on it failed",
-                self._name(consumer),
-                type(error).__name__,
-                message.channel_name,
-            )
-
-    def _deny(self, message: Message, consumer: Callable) -> None:
-        if message.channel_name != "websocket.connect" or message.reply_channel is None:
-            logger.error(
-                "consumer %s raised DenyConnection on %s; it is only meaningful in "
-                "a websocket.connect consumer",
-                self._name(consumer),
-                message.channel_name,
-            )
-            return
-        try:
-            message.reply_channel.send({"close": True}, immediately=True)
-        except Exception:
-            logger.exception("could not refuse the WebSocket of %s", message.reply_channel)
-
-    def _name(self, consumer: Callable) -> str:
-        try:
-            return self._names[consumer]
-        except (KeyError, TypeError):
-            name = name_that_thing(consumer)
-            try:
-                self._names[consumer] = name
-            except TypeError:
-                pass
-            return name
+            self._dispatch(channel, content, True)

@@ -19,6 +19,7 @@ from gevent.queue import Queue
 
 from geventchannels.exceptions import ChannelFull, ChannelLayerUnavailable
 from geventchannels.layers import RedisChannelLayer
+from geventchannels.layers.redis import tally
 from tests.conftest import RedisServer, free_port, wait_for_port
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(30)]
@@ -167,6 +168,7 @@ def test_flush_deletes_only_keys_under_its_prefix(redis_url, raw):
     mine.send("c", {})
     mine.group_add("g", "c")
     theirs.send("c", {})
+    theirs.channel_statistics("c")  # writes what it counted in this process
     raw.set("unrelated", "keep me")
     raw.set("app1", "no colon, not under the prefix")
     mine.flush()
@@ -249,12 +251,21 @@ def test_expired_messages_are_dropped_and_free_capacity(redis_url, raw):
 
 
 def test_statistics_are_kept_in_redis(redis_url):
+    """Each process counts its sends and adds them to Redis in batches: another process
+    sees them within FLUSH_SECONDS, the counting one at once."""
     one = RedisChannelLayer(hosts=[redis_url], capacity=2)
     two = RedisChannelLayer(hosts=[redis_url], capacity=2)
     one.send("stat", {})
     two.send("stat", {})
     with pytest.raises(ChannelFull):
         one.send("stat", {})
+    assert two.channel_statistics("stat")["messages_count"] >= 1  # its own, at once
+    started = time.monotonic()
+    wait_until(
+        lambda: two.channel_statistics("stat")["messages_count"] == 2,
+        message="the other layer's counts",
+    )
+    assert time.monotonic() - started < tally.FLUSH_SECONDS + 1
     stats = two.channel_statistics("stat")
     assert stats["messages_count"] == 2 and stats["messages_pending"] == 2
     assert stats["channel_full_count"] == 1
@@ -476,8 +487,8 @@ def test_killed_receiver_puts_its_message_back(layer, monkeypatch):
             super().set(value)
 
     class Waiter(receiving.Waiter):
-        def __init__(self, deadline):
-            super().__init__(deadline)
+        def __init__(self, deadline, wanted=1):
+            super().__init__(deadline, wanted)
             self.result = KilledOnHandOver()
 
     monkeypatch.setattr(receiving, "Waiter", Waiter)

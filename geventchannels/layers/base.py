@@ -1,5 +1,6 @@
-"""What every channel layer shares: the ASGI 1.0 naming rules, capacity lookup,
-message copying and size limits, and local delivery.
+"""What every channel layer shares: the ASGI 1.0 naming rules, capacity lookup, the
+checks of a send (message copying and size limits are in copying.py), local delivery,
+and the consumer pools of this process.
 
 Subclasses implement the storage (`_send`, `receive`, groups, flush, statistics);
 `send` here does the checks every backend must do, in one place.
@@ -15,24 +16,20 @@ from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 from .. import exceptions
-from ..exceptions import InvalidChannelName, MessageTooLarge
+from ..exceptions import InvalidChannelName
+from .copying import (  # noqa: F401  (their home was here: importers still find them)
+    ENVELOPE_ALLOWANCE,
+    INT_LIMIT,
+    MAX_MESSAGE_SIZE,
+    MAX_PAYLOAD_SIZE,
+    check_message,
+    copy_message,
+)
 
 CHANNEL_NAME_RE = re.compile(r"[a-zA-Z0-9\-_.]+([?!][a-zA-Z0-9\-_.]*)?")
 GROUP_NAME_RE = re.compile(r"[a-zA-Z0-9\-_.]+")
 #: Longest channel or group name, in characters (ASGI 1.0: at least 100).
 MAX_NAME_LENGTH = 100
-
-#: The largest WebSocket message payload the server takes by default (1 MiB).
-MAX_PAYLOAD_SIZE = 1024 * 1024
-#: What the server's messages put around a payload: ``reply_channel`` (at most 100
-#: characters), ``path`` (at most one 64 KiB request line) and ``order``, with their keys.
-ENVELOPE_ALLOWANCE = 65 * 1024
-#: The default ``max_message_size``: a 1 MiB payload and its envelope fit, so that the
-#: layer, not the user, pays for the envelope.
-MAX_MESSAGE_SIZE = MAX_PAYLOAD_SIZE + ENVELOPE_ALLOWANCE
-
-#: Integers a message may hold (ASGI 1.0: the signed 64-bit range): -INT_LIMIT <= n < INT_LIMIT.
-INT_LIMIT = 1 << 63
 
 #: Called with (full channel name, message) for a message to a process-local
 #: channel whose reader lives in this process. Must not block, and must not change the
@@ -44,195 +41,6 @@ def non_local_name(name: str) -> str:
     """The part of a process-local channel name that readers receive on: "a!b" -> "a!"."""
     bang = name.find("!")
     return name if bang < 0 else name[: bang + 1]
-
-
-# -- message size and copying ---------------------------------------------------------
-#
-# A message's size is what its compact JSON encoding takes at the least: a str or bytes
-# its length + 2 (str counted in characters), a number, bool or None 1, a key its length
-# + 3, a container 1 plus one comma per item. So every message of up to max_message_size
-# bytes of JSON is accepted (ASGI 1.0 asks for 1 MB), and both layers accept the same
-# messages whatever their own encoding.
-
-
-def copy_message(message: dict, limit: int = MAX_MESSAGE_SIZE) -> dict:
-    """Copy a message so later changes by the sender cannot reach the receiver, and
-    check its size on the way (the same walk does both).
-
-    Containers are copied; str, bytes, numbers, bool and None are immutable and
-    shared.
-    """
-    try:
-        return _copy_value(message, [limit])
-    except _OverBudget:
-        raise _too_large(limit) from None
-
-
-def check_message(message: dict, limit: int = MAX_MESSAGE_SIZE) -> None:
-    """Check a message's types and size as copy_message does, without copying it: for
-    messages whose sender hands them over and never touches them again."""
-    if not isinstance(message, dict):
-        raise TypeError("message must be a dict, got %s" % type(message).__name__)
-    if _measure(message) > limit:
-        raise _too_large(limit)
-
-
-def _too_large(limit: int) -> MessageTooLarge:
-    return MessageTooLarge(
-        "message is larger than the layer's limit of %d bytes; send large data "
-        "out of band or raise max_message_size" % limit
-    )
-
-
-def _int_out_of_range(value: int) -> TypeError:
-    return TypeError(
-        "channel message integers must fit in 64 bits (signed); got a %d-bit integer"
-        % value.bit_length()
-    )
-
-
-# Sizing (_measure) and copying (_copy_dict, _copy_list) are twin walkers on purpose. The
-# server hands every websocket.* message over with check_message, which must not pay for
-# a copy it does not make: with one walker for both (an "if copy" per item), send_owned of
-# a typical websocket.receive (4 keys) plus its receive took 1.44-1.59 us instead of
-# 1.26-1.43 us (+7 to +15 %), while a copied send of a reply cost the same either way
-# (640-730 ns). Measured on the in-memory layer, CPU time, best of 3 x 3 runs of 200,000,
-# on the 2-core development VM. Plain str/bytes/number values are sized inline; only
-# others pay for a call. The sizes in the four functions below must stay the same
-# (tests/layers/test_message_size.py checks them against each other).
-
-
-def _measure(value: Any) -> int:
-    """The size copy_message would count for ``value``; raises TypeError for values a
-    message may not hold, or that a copy would convert (tuple, bytearray, subclasses of
-    dict and list), so that receivers see the same types either way."""
-    kind = type(value)
-    if kind is dict:
-        size = 1
-        for key, item in value.items():
-            if type(key) is not str:
-                raise TypeError(f"channel message keys must be str, got {type(key).__name__}")
-            kind = type(item)
-            if kind is str or kind is bytes:
-                size += len(key) + len(item) + 6
-            elif kind is int:
-                if not -INT_LIMIT <= item < INT_LIMIT:
-                    raise _int_out_of_range(item)
-                size += len(key) + 5
-            elif kind is bool or kind is float or item is None:
-                size += len(key) + 5
-            else:
-                size += len(key) + 4 + _measure(item)
-        return size
-    if kind is list:
-        size = 1
-        for item in value:
-            kind = type(item)
-            if kind is str or kind is bytes:
-                size += len(item) + 3
-            elif kind is int:
-                if not -INT_LIMIT <= item < INT_LIMIT:
-                    raise _int_out_of_range(item)
-                size += 2
-            elif kind is bool or kind is float or item is None:
-                size += 2
-            else:
-                size += _measure(item) + 1
-        return size
-    if isinstance(value, str | bytes):
-        return len(value) + 2
-    if isinstance(value, int):
-        if not -INT_LIMIT <= value < INT_LIMIT:
-            raise _int_out_of_range(value)
-        return 1
-    if isinstance(value, float) or value is None:
-        return 1
-    raise TypeError(
-        "messages handed over without a copy may only contain dict, list, str, bytes, "
-        "int, float, bool and None; got %s (send it with send() instead)" % kind.__name__
-    )
-
-
-class _OverBudget(Exception):
-    pass
-
-
-def _copy_value(value: Any, budget: list[int]) -> Any:
-    kind = type(value)
-    if kind is dict:
-        value = _copy_dict(value, budget)
-    elif kind is list or kind is tuple:
-        value = _copy_list(value, budget)
-    elif isinstance(value, str | bytes):
-        budget[0] -= len(value) + 2
-    elif isinstance(value, int):
-        if not -INT_LIMIT <= value < INT_LIMIT:
-            raise _int_out_of_range(value)
-        budget[0] -= 1
-    elif isinstance(value, float) or value is None:
-        budget[0] -= 1
-    elif isinstance(value, bytearray | memoryview):
-        value = bytes(value)
-        budget[0] -= len(value) + 2
-    elif isinstance(value, dict):
-        return _copy_value(dict(value), budget)
-    elif isinstance(value, list | tuple):
-        return _copy_value(list(value), budget)
-    else:
-        raise TypeError(
-            "channel messages may only contain dict, list, str, bytes, int, float, bool "
-            "and None; got %s" % kind.__name__
-        )
-    if budget[0] < 0:
-        raise _OverBudget
-    return value
-
-
-def _copy_dict(value: dict, budget: list[int]) -> dict:
-    copied = {}
-    size = 1
-    for key, item in value.items():
-        if type(key) is not str:
-            raise TypeError(f"channel message keys must be str, got {type(key).__name__}")
-        kind = type(item)
-        if kind is str or kind is bytes:
-            size += len(key) + len(item) + 6
-        elif kind is int:
-            if not -INT_LIMIT <= item < INT_LIMIT:
-                raise _int_out_of_range(item)
-            size += len(key) + 5
-        elif kind is bool or kind is float or item is None:
-            size += len(key) + 5
-        else:
-            budget[0] -= size + len(key) + 4
-            size = 0
-            item = _copy_value(item, budget)
-        copied[key] = item
-    budget[0] -= size
-    return copied
-
-
-def _copy_list(value: list | tuple, budget: list[int]) -> list:
-    copied: list[Any] = []
-    append = copied.append
-    size = 1
-    for item in value:
-        kind = type(item)
-        if kind is str or kind is bytes:
-            size += len(item) + 3
-        elif kind is int:
-            if not -INT_LIMIT <= item < INT_LIMIT:
-                raise _int_out_of_range(item)
-            size += 2
-        elif kind is bool or kind is float or item is None:
-            size += 2
-        else:
-            budget[0] -= size + 1
-            size = 0
-            item = _copy_value(item, budget)
-        append(item)
-    budget[0] -= size
-    return copied
 
 
 class BaseChannelLayer:
@@ -283,6 +91,8 @@ class BaseChannelLayer:
         #: Whether a message queued for a consumer should warn that none runs here:
         #: until a consumer pool registers, on a layer that does not cross processes.
         self._warn_unconsumed = not self.crosses_processes
+        #: The consumer pools of this process on this layer (see register_consumer_pool).
+        self._consumer_pools: list[Any] = []
 
     # -- names -------------------------------------------------------------
 
@@ -470,8 +280,33 @@ class BaseChannelLayer:
     def register_consumer_pool(self, pool: object) -> None:
         """Called by a consumer pool (the Worker) of this process when it starts: from then
         on messages queued on a layer that does not cross processes have a consumer, and
-        the warning that none runs here is not due."""
+        the warning that none runs here is not due. The messages the pool takes without
+        the layer (``local_backlog``) count in this layer's statistics."""
         self._warn_unconsumed = False
+        if pool is not None:
+            self._consumer_pools.append(pool)
+
+    def forget_consumer_pool(self, pool: object) -> None:
+        """Called by a consumer pool when it stops."""
+        if pool in self._consumer_pools:
+            self._consumer_pools.remove(pool)
+
+    def count_local(self, channel: str, full: bool = False) -> None:
+        """Count in the statistics of ``channel`` a message that a consumer pool of this
+        process took straight from the server, without the layer (``full``: one it
+        refused, as a full channel would)."""
+
+    def local_backlog(self, channel: str | None = None) -> tuple[int, float]:
+        """Messages of ``channel`` (None: of every channel) that this process's consumer
+        pools took without the layer and have not run yet, and the seconds the oldest has
+        waited."""
+        count, oldest = 0, 0.0
+        for pool in self._consumer_pools:
+            backlog = getattr(pool, "local_backlog", None)
+            if backlog is not None:
+                waiting, age = backlog(channel)
+                count, oldest = count + waiting, max(oldest, age)
+        return count, oldest
 
     # -- the rest of the contract -----------------------------------------
 
@@ -482,6 +317,26 @@ class BaseChannelLayer:
         or ``(None, None)``. With ``block=True`` wait up to ``timeout`` seconds
         (``None``: until a message comes)."""
         raise NotImplementedError
+
+    def receive_batch(
+        self,
+        channels: Iterable[str],
+        count: int,
+        block: bool = False,
+        timeout: float | None = None,
+    ) -> list[tuple[str, dict]]:
+        """Up to ``count`` messages as ``receive`` would return them one by one, waiting
+        (``block``, ``timeout``) only for the first: what the consumer pool takes for its
+        ``count`` free greenlets in one go. Not part of ASGI."""
+        channels = list(channels) if not isinstance(channels, str) else channels
+        channel, message = self.receive(channels, block, timeout)
+        batch: list[tuple[str, dict]] = []
+        while channel is not None and message is not None:
+            batch.append((channel, message))
+            if len(batch) >= count:
+                break
+            channel, message = self.receive(channels)
+        return batch
 
     def receive_many(
         self, channels: Iterable[str], block: bool = False

@@ -18,7 +18,8 @@ from typing import Any
 from gevent.hub import Waiter, get_hub
 
 from ..exceptions import ChannelFull
-from .base import BaseChannelLayer, check_message, copy_message, non_local_name
+from .base import BaseChannelLayer, non_local_name
+from .copying import check_message, copy_message
 
 logger = logging.getLogger(__name__)
 
@@ -426,20 +427,36 @@ class InMemoryChannelLayer(BaseChannelLayer):
             if queue.messages:
                 pending += len(queue.messages)
                 oldest = min(oldest, queue.messages[0][0] - self.expiry)
-        return self._statistics(self._sent, self._full, self._rate_mark, pending, now - oldest, now)
+        local, waited = self.local_backlog()
+        age = max(now - oldest, waited)
+        stats = self._statistics(self._sent, self._full, self._rate_mark, pending + local, age, now)
+        return stats
 
     def channel_statistics(self, channel: str) -> dict[str, float]:
-        """Counters of one channel (a process-local name reports its shared queue).
-        Per-second rates are averaged since the previous call for that channel."""
+        """Counters of one channel (a process-local name reports its shared queue), with
+        the messages the consumer pool of this process took without the layer. Per-second
+        rates are averaged since the previous call for that channel."""
         self.valid_channel_name(channel)
         now = monotonic()
         queue = self._queues.get(non_local_name(channel))
+        local, waited = self.local_backlog(channel)
         if queue is None:
-            return self._statistics(0, 0, _RateMark(now), 0, 0.0, now)
+            return self._statistics(0, 0, _RateMark(now), local, waited, now)
         queue.drop_expired(now)
         messages = queue.messages
         age = now - (messages[0][0] - self.expiry) if messages else 0.0
-        return self._statistics(queue.sent, queue.full, queue.rate_mark, len(messages), age, now)
+        return self._statistics(
+            queue.sent, queue.full, queue.rate_mark, len(messages) + local, max(age, waited), now
+        )
+
+    def count_local(self, channel: str, full: bool = False) -> None:
+        queue = self._queues.get(channel) or self._open(channel)
+        if full:
+            queue.full += 1
+            self._full += 1
+        else:
+            queue.sent += 1
+            self._sent += 1
 
     @staticmethod
     def _statistics(

@@ -29,6 +29,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger("geventchannels.server")
 
 
+def _one_socket(error: ChannelFull) -> bool:
+    from ..worker import SocketBacklogFull
+
+    return isinstance(error, SocketBacklogFull)
+
+
 class ChannelsApplication:
     """Serves a WSGI application (Django's) plus channels: HTTP fast path, routed
     ``http.request``, WebSockets, and the consumers.
@@ -169,23 +175,38 @@ class ChannelsApplication:
 
     # -- messages the server builds ---------------------------------------------------
 
+    def send_now(self, channel: str, message: dict) -> None:
+        """Send a message the server built for one of its sockets (and never touches
+        again): straight to this process's consumer pool when it consumes ``channel``
+        (local first), else through the layer. Raises ChannelFull and MessageTooLarge
+        either way."""
+        worker = self.worker
+        if worker is not None and worker.takes(channel):
+            worker.offer(channel, message)
+        else:
+            self.layer.send_owned(channel, message)
+
     def send_when_room(self, channel: str, message: dict, patience: float) -> bool:
-        """Send a message the server built (and never touches again); when ``channel`` is
-        full, wait up to ``patience`` seconds for room. False if it stayed full.
+        """``send_now``; when ``channel`` is full, wait up to ``patience`` seconds for room.
+        False if it stayed full.
 
         Connections waiting for the same channel queue up in arrival order and only the
-        first of the line polls the layer, with a growing pause, so a burst of waiters
-        costs no spinning; a newcomer joins the line rather than jumping it.
+        first of the line polls, with a growing pause, so a burst of waiters costs no
+        spinning; a newcomer joins the line rather than jumping it. A socket whose own
+        messages fill its share of the consumer pool (SocketBacklogFull) waits alone,
+        without holding up the line of other sockets.
         """
-        send = self.layer.send_owned
+        send = self.send_now
         line = self._room_lines.get(channel)
         if line is None or not line.locked():
             try:
                 send(channel, message)
                 return True
-            except ChannelFull:
+            except ChannelFull as error:
                 if patience <= 0:
                     return False
+                if _one_socket(error):
+                    return self._poll_for_room(channel, message, time.monotonic() + patience)
             line = self._room_lines.get(channel)
             if line is None:
                 line = self._room_lines[channel] = Semaphore()
@@ -193,20 +214,23 @@ class ChannelsApplication:
         if not line.acquire(timeout=patience):
             return False
         try:
-            pause = 0.001
-            while True:
-                try:
-                    send(channel, message)
-                    return True
-                except ChannelFull:
-                    pass
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                gevent.sleep(min(pause, remaining))
-                pause = min(pause * 2, 0.01)
+            return self._poll_for_room(channel, message, deadline)
         finally:
             line.release()
+
+    def _poll_for_room(self, channel: str, message: dict, deadline: float) -> bool:
+        pause = 0.001
+        while True:
+            try:
+                self.send_now(channel, message)
+                return True
+            except ChannelFull:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            gevent.sleep(min(pause, remaining))
+            pause = min(pause * 2, 0.01)
 
     # -- reply channels -----------------------------------------------------------
 

@@ -381,7 +381,7 @@ class RoutedRequest:
 
     def _send_disconnect(self) -> None:
         try:
-            self.app.layer.send(
+            self.app.send_now(
                 "http.disconnect",
                 {"reply_channel": self.reply_channel, "path": self.handler_path()},
             )

@@ -819,3 +819,52 @@ def test_a_handed_over_message_is_checked_like_a_sent_one(layer):
     with pytest.raises(MessageTooLarge):
         layer.send_owned("test.owned!y", {"bytes": b"x" * (2 * 1024 * 1024)})
     assert layer.receive(["test.owned.big"]) == (None, None)
+
+
+# -- receiving a batch (receive_batch, the consumer pool's receive) -------------------
+
+
+def test_a_batch_holds_up_to_count_messages_in_their_order(layer):
+    for n in range(5):
+        layer.send("test.batch", {"n": n})
+    first = layer.receive_batch(["test.batch"], 3)
+    assert first == [("test.batch", {"n": n}) for n in range(3)]
+    assert layer.receive_batch(["test.batch"], 10, block=True, timeout=5) == [
+        ("test.batch", {"n": n}) for n in (3, 4)
+    ]
+    assert layer.receive_batch(["test.batch"], 10) == []
+
+
+def test_a_batch_may_come_from_several_channels(layer):
+    layer.send("test.batch.a", {"n": 1})
+    layer.send("test.batch.b", {"n": 2})
+    got = []
+    while len(got) < 2:
+        batch = layer.receive_batch(["test.batch.a", "test.batch.b"], 5, block=True, timeout=5)
+        assert batch, "a waiting message was not received"
+        got += batch
+    assert sorted(got) == [("test.batch.a", {"n": 1}), ("test.batch.b", {"n": 2})]
+
+
+def test_a_blocking_batch_waits_for_the_first_message_only(layer):
+    receiver = gevent.spawn(layer.receive_batch, ["test.batch.wait"], 10, True, 10)
+    gevent.sleep(0.2)
+    assert not receiver.ready()
+    layer.send("test.batch.wait", {"n": 1})
+    assert receiver.get(timeout=5) == [("test.batch.wait", {"n": 1})]
+    started = time.monotonic()
+    assert layer.receive_batch(["test.batch.wait"], 10, block=True, timeout=0.3) == []
+    assert 0.25 <= time.monotonic() - started < 3
+
+
+def test_a_receiver_killed_while_waiting_for_a_batch_loses_nothing(layer):
+    receiver = gevent.spawn(layer.receive_batch, ["test.batch.kill"], 10, True, 10)
+    gevent.sleep(0.2)
+    receiver.kill()
+    for n in range(3):
+        layer.send("test.batch.kill", {"n": n})
+    got = []
+    deadline = time.monotonic() + 5
+    while len(got) < 3 and time.monotonic() < deadline:
+        got += layer.receive_batch(["test.batch.kill"], 10, block=True, timeout=1)
+    assert got == [("test.batch.kill", {"n": n}) for n in range(3)]

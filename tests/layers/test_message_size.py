@@ -13,7 +13,7 @@ import random
 import pytest
 
 from geventchannels.exceptions import MessageTooLarge
-from geventchannels.layers.base import _measure, check_message, copy_message
+from geventchannels.layers.copying import _measure, check_message, copy_message
 
 
 def random_value(rng: random.Random, depth: int = 0):

@@ -7,6 +7,7 @@ from typing import Any
 
 import gevent
 import redis
+from gevent.event import Event
 from gevent.lock import BoundedSemaphore
 
 #: Longest single blocking call; an idle fetcher or drain looks at its state this often.
@@ -70,7 +71,123 @@ class Connections:
         self._idle.append(connection)
         return reply
 
+    def _execute_many(self, commands: list[tuple]) -> list[Any]:
+        """Every command in one write, then every reply (an error reply is returned as
+        its ResponseError, in its place)."""
+        reused = bool(self._idle)
+        connection = self._idle.pop() if reused else self._new()
+        try:
+            try:
+                replies = _round_trip(connection, commands)
+            except redis.exceptions.ConnectionError:
+                if not reused:
+                    raise
+                connection.disconnect()
+                replies = _round_trip(connection, commands)
+        except BaseException:
+            connection.disconnect()
+            raise
+        self._idle.append(connection)
+        return replies
+
     def close(self) -> None:
         idle, self._idle = self._idle, []
         for connection in idle:
             connection.disconnect()
+
+
+def _round_trip(connection: Any, commands: list[tuple]) -> list[Any]:
+    connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+    replies: list[Any] = []
+    for _ in commands:
+        try:
+            replies.append(connection.read_response())
+        except redis.exceptions.ResponseError as error:
+            replies.append(error)
+    return replies
+
+
+class _Queued:
+    """A command waiting for the pipeline in flight to be answered."""
+
+    __slots__ = ("args", "ready", "reply", "error", "batch")
+
+    def __init__(self, args: tuple):
+        self.args = args
+        self.ready = Event()
+        self.reply: Any = None
+        self.error: BaseException | None = None
+        #: Set on the first command of a batch: its caller sends the batch.
+        self.batch: list[_Queued] | None = None
+
+    def outcome(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.reply
+
+
+class Pipelined(Connections):
+    """Commands of greenlets that call at about the same time share round trips: while
+    one command or pipeline is in flight, later commands queue, and once it is answered
+    the caller of the first of them sends them all as the next pipeline (one write, one
+    read of every reply). A lone command costs what it did; a busy process pays one
+    round trip per batch instead of one per command, and Redis one read per batch.
+
+    One command or pipeline is in flight at a time, on one connection: Redis runs
+    commands one after the other anyway. For quick commands only (never blocking ones).
+    """
+
+    def __init__(self, pool: redis.ConnectionPool):
+        super().__init__(pool, None)
+        self._in_flight = False
+        self._queue: list[_Queued] = []
+
+    def execute(self, *args: Any) -> Any:
+        if not self._in_flight:
+            self._in_flight = True
+            try:
+                return self._execute(args)
+            finally:
+                self._hand_on()
+        queued = _Queued(args)
+        self._queue.append(queued)
+        try:
+            queued.ready.wait()
+        except BaseException:
+            if queued.batch is not None:  # told to send its batch, but killed first
+                gevent.spawn(self._lead, queued.batch)
+            raise
+        if queued.batch is not None:
+            self._lead(queued.batch)
+        return queued.outcome()
+
+    def _hand_on(self) -> None:
+        """After a round trip: the first caller of the next batch sends it."""
+        if not self._queue:
+            self._in_flight = False
+            return
+        batch, self._queue = self._queue, []
+        batch[0].batch = batch
+        batch[0].ready.set()
+
+    def _lead(self, batch: list[_Queued]) -> None:
+        try:
+            replies = self._execute_many([queued.args for queued in batch])
+        except Exception as error:  # each caller raises it
+            for queued in batch:
+                queued.error = error
+        except BaseException as error:
+            for queued in batch:
+                queued.error = error
+            raise
+        else:
+            for queued, reply in zip(batch, replies, strict=True):
+                if isinstance(reply, Exception):
+                    queued.error = reply
+                else:
+                    queued.reply = reply
+        finally:
+            for queued in batch:
+                queued.batch = None
+                queued.ready.set()
+            self._hand_on()

@@ -11,7 +11,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from .connections import BLOCK_SECONDS, Connections
+from .connections import BLOCK_SECONDS, Connections, Pipelined
 from .shards import ClusterShard, Shard
 
 Host = str | tuple[str, int]
@@ -94,7 +94,7 @@ class ShardFactory:
             self.prefix,
             self.key_ttl,
         )
-        shard.quick = Connections(quick, self.max_connections)
+        shard.quick = Pipelined(quick)
         shard.slow = Connections(slow, None)  # bounded by the shard's fetch_slots
         return shard
 

@@ -11,7 +11,8 @@ from typing import Any
 import gevent
 
 from ...exceptions import ChannelFull
-from ..base import BaseChannelLayer, LocalHandler, check_message, copy_message, non_local_name
+from ..base import BaseChannelLayer, LocalHandler, non_local_name
+from ..copying import check_message, copy_message
 from . import stored
 from .connections import BLOCK_SECONDS, UNREACHABLE
 from .hosts import Host, ShardFactory
@@ -119,15 +120,26 @@ class RedisChannelLayer(BaseChannelLayer):
     def receive(
         self, channels: Iterable[str], block: bool = False, timeout: float | None = None
     ) -> tuple[str | None, dict | None]:
+        batch = self.receive_batch(channels, 1, block, timeout)
+        return batch[0] if batch else (None, None)
+
+    def receive_batch(
+        self,
+        channels: Iterable[str],
+        count: int,
+        block: bool = False,
+        timeout: float | None = None,
+    ) -> list[tuple[str, dict]]:
+        """Up to ``count`` messages in one pop (one blocking pop when ``block``)."""
         by_shard = self._keys_by_shard(channels)
         if not by_shard:
             # Only prefixes whose drain feeds a local handler: nothing to receive here.
             if block and (timeout is None or timeout > 0):
                 gevent.sleep(BLOCK_SECONDS if timeout is None else timeout)
-            return None, None
+            return []
         if not block or (timeout is not None and timeout <= 0):
-            return receive_now(by_shard, self._codec.read_one)
-        return self._fetchers.wait(by_shard, timeout)
+            return receive_now(by_shard, self._codec.read_one, count)
+        return self._fetchers.wait(by_shard, timeout, count)
 
     def _keys_by_shard(self, channels: Iterable[str]) -> KeysByShard:
         if isinstance(channels, str):
@@ -260,6 +272,7 @@ class RedisChannelLayer(BaseChannelLayer):
     def flush(self) -> None:
         """Delete every key under this layer's prefix (never other keys in the database)."""
         for shard in self.shards:
+            shard.tally.take()  # this process's counts not yet in Redis go too
             try:
                 batch = []
                 for key in shard.client.scan_iter(match=self._pattern, count=1000):
@@ -272,24 +285,42 @@ class RedisChannelLayer(BaseChannelLayer):
             except UNREACHABLE as error:
                 raise shard.unavailable(error) from None
 
+    def count_local(self, channel: str, full: bool = False) -> None:
+        self._shard_for(channel).count(channel, 0 if full else 1, 1 if full else 0, time.time())
+
+    def _flush_statistics(self) -> None:
+        """What this process counted goes to Redis before it reads statistics."""
+        for shard in self.shards:
+            if shard.tally:
+                try:
+                    shard.flush_statistics()
+                except UNREACHABLE as error:
+                    raise shard.unavailable(error) from None
+
     def channel_statistics(self, channel: str) -> dict[str, float]:
+        """Counters kept in Redis (every process's), plus the messages this process's
+        consumer pool took without the layer and has not run yet."""
         self.valid_channel_name(channel)
         list_name = non_local_name(channel)
         shard = self._shard_for(list_name)
+        self._flush_statistics()
         try:
             counters = shard.client.hgetall(shard.stats_key(list_name))
             pending, head = shard.peek(shard.list_key(list_name), time.time())
         except UNREACHABLE as error:
             raise shard.unavailable(error) from None
         stats = stored.counters(counters, time.time())
-        stats["messages_pending"] = pending
-        stats["messages_max_age"] = self._age(head)
+        local, waited = self.local_backlog(channel)
+        stats["messages_pending"] = pending + local
+        stats["messages_max_age"] = max(self._age(head), waited)
         return stats
 
     def global_statistics(self) -> dict[str, float]:
         """Counters kept in Redis, plus pending messages and the oldest one's age found
         by a SCAN of this prefix's lists: meant for monitoring, not for every request."""
-        totals: dict[str, float] = {"messages_pending": 0, "messages_max_age": 0}
+        self._flush_statistics()
+        local, waited = self.local_backlog()
+        totals: dict[str, float] = {"messages_pending": local, "messages_max_age": waited}
         counted: dict[str, float] = {}
         for shard in self.shards:
             try:

@@ -2,9 +2,10 @@
 fetcher per set of channels, and the drains that feed attached local handlers.
 
 Receiving blocks inside Redis (BLMPOP). Greenlets that wait on the same channels share one
-fetcher greenlet and one connection; it pops only as many messages as there are waiting
-greenlets, so nothing leaves Redis without a receiver (at-most-once, little loss on a
-crash). A process-local prefix attached with ``attach_local`` gets a drain greenlet that
+fetcher greenlet and one connection; it pops only as many messages as the waiting
+greenlets asked for (one each, or a batch: the consumer pool asks for as many as it has
+free consumers), so nothing leaves Redis without a receiver (at-most-once, little loss on
+a crash). A process-local prefix attached with ``attach_local`` gets a drain greenlet that
 pops its list in batches and calls the handler, once per member of a fan-out entry with
 one shared decoded message.
 """
@@ -37,18 +38,22 @@ Read = Callable[[str, bytes], "tuple[list[str], dict] | None"]
 #: Per shard, the list keys to receive from and the channel each one is.
 KeysByShard = Mapping[Shard, dict[str, str]]
 
-#: What a waiter is handed: (channel, message, shard, key, entry), or all None.
-Handed = tuple[Any, Any, Any, Any, Any]
-_NOTHING: Handed = (None, None, None, None, None)
+#: (channel, message) pairs received.
+Batch = list[tuple[str, dict]]
+#: What a waiter is handed: its messages, and where they came from (shard, key, entries)
+#: to put them back if it is killed before it returns them.
+Handed = tuple[Batch, Any, Any, list[bytes]]
+_NOTHING: Handed = ([], None, None, [])
 
 
-def receive_now(by_shard: KeysByShard, read_one: ReadOne) -> tuple[str | None, dict | None]:
-    """The first message waiting on any of the keys, without blocking."""
+def receive_now(by_shard: KeysByShard, read_one: ReadOne, count: int = 1) -> Batch:
+    """Up to ``count`` messages waiting on the keys, without blocking."""
+    batch: Batch = []
     for shard, keys in by_shard.items():
         for _ident, subset in shard.fetch_groups(keys):
-            while True:
+            while len(batch) < count:
                 try:
-                    popped = shard.pop_now(list(subset))
+                    popped = shard.pop_now(list(subset), count - len(batch))
                 except UNREACHABLE as error:
                     raise shard.unavailable(error) from None
                 if not popped:
@@ -59,20 +64,24 @@ def receive_now(by_shard: KeysByShard, read_one: ReadOne) -> tuple[str | None, d
                 for index, item in enumerate(items):
                     received = read_one(subset[key], item)
                     if received is not None:
-                        if index + 1 < len(items):
-                            shard.push_back(key, items[index + 1 :])
-                        return received
-    return None, None
+                        batch.append(received)
+                        if len(batch) >= count:
+                            if index + 1 < len(items):
+                                shard.push_back(key, items[index + 1 :])
+                            return batch
+    return batch
 
 
 class Waiter:
-    """One greenlet blocked in receive(): the fetchers of its channels hand it a message."""
+    """One greenlet blocked in receive(): the fetchers of its channels hand it up to
+    ``wanted`` messages, all at once."""
 
-    __slots__ = ("result", "deadline")
+    __slots__ = ("result", "deadline", "wanted")
 
-    def __init__(self, deadline: float | None):
+    def __init__(self, deadline: float | None, wanted: int = 1):
         self.result = AsyncResult()
         self.deadline = deadline
+        self.wanted = wanted
 
     @property
     def waiting(self) -> bool:
@@ -89,9 +98,10 @@ class Fetchers:
     def __len__(self) -> int:
         return len(self._fetchers)
 
-    def wait(self, by_shard: KeysByShard, timeout: float | None) -> tuple[str | None, dict | None]:
-        """Wait up to ``timeout`` seconds (None: for ever) for a message on the keys."""
-        waiter = Waiter(None if timeout is None else time.monotonic() + timeout)
+    def wait(self, by_shard: KeysByShard, timeout: float | None, count: int = 1) -> Batch:
+        """Wait up to ``timeout`` seconds (None: for ever) for messages on the keys; up to
+        ``count`` of them."""
+        waiter = Waiter(None if timeout is None else time.monotonic() + timeout, count)
         joined = []
         for shard, keys in by_shard.items():
             for ident, subset in shard.fetch_groups(keys):
@@ -107,18 +117,17 @@ class Fetchers:
         except gevent.Timeout:
             pass  # a message handed over as the timer fired is still returned below
         except BaseException:
-            # Killed after a fetcher handed us a message: it goes back to the head of its list.
-            if waiter.result.successful() and waiter.result.value[0] is not None:
-                _channel, _message, shard, key, item = waiter.result.value
-                shard.push_back(key, [item])
+            # Killed after a fetcher handed us messages: they go back to the head of their list.
+            if waiter.result.successful() and waiter.result.value[3]:
+                _batch, shard, key, items = waiter.result.value
+                shard.push_back(key, items)
             raise
         finally:
             for fetcher in joined:
                 fetcher.remove(waiter)
         if waiter.result.successful():
-            channel, message, _shard, _key, _item = waiter.result.value
-            return channel, message
-        return None, None
+            return waiter.result.value[0]
+        return []
 
     def _retire(self, fetcher: Fetcher) -> None:
         if self._fetchers.get(fetcher.ident) is fetcher:
@@ -172,11 +181,12 @@ class Fetcher:
     def _live(self) -> int:
         while self.waiters and not self.waiters[0].waiting:
             self.waiters.popleft()
-        return sum(1 for waiter in self.waiters if waiter.waiting)
+        return sum(waiter.wanted for waiter in self.waiters if waiter.waiting)
 
     def _live_soon(self) -> int:
-        """Live waiters, giving a receiver that just got its message one turn to come
-        back for the next (the consumer pool receives from a single greenlet in a loop)."""
+        """Messages the live waiters want, giving a receiver that just got its messages
+        one turn to come back for more (the consumer pool receives from a single greenlet
+        in a loop)."""
         count = self._live()
         if not count:
             gevent.sleep(0)
@@ -211,16 +221,27 @@ class Fetcher:
         key = key.decode() if isinstance(key, bytes) else key
         list_name = self.list_names[key]
         unclaimed = []
+        waiter: Waiter | None = None
+        batch: Batch = []
+        taken: list[bytes] = []
         for item in stored.split_fanout_entries(list_name, items):
             received = self._read_one(list_name, item)
             if received is None:
                 continue
-            while self.waiters and not self.waiters[0].waiting:
-                self.waiters.popleft()
-            if self.waiters:
-                self.waiters.popleft().result.set((*received, self.shard, key, item))
-            else:
-                unclaimed.append(item)
+            if waiter is None:
+                while self.waiters and not self.waiters[0].waiting:
+                    self.waiters.popleft()
+                if not self.waiters:
+                    unclaimed.append(item)
+                    continue
+                waiter = self.waiters.popleft()
+            batch.append(received)
+            taken.append(item)
+            if len(batch) >= waiter.wanted:
+                waiter.result.set((batch, self.shard, key, taken))
+                waiter, batch, taken = None, [], []
+        if waiter is not None:
+            waiter.result.set((batch, self.shard, key, taken))
         if unclaimed:
             # Every receiver left while we were blocked: put the messages back at the head.
             self.shard.push_back(key, unclaimed)

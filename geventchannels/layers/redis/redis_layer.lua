@@ -1,5 +1,6 @@
 -- Server side of geventchannels' Redis channel layer: every send is one call of this script,
--- so the capacity check, the push, the key's expiry and the statistics happen atomically.
+-- so the capacity check, the push and the key's expiry happen atomically. A send's
+-- statistics are counted by the sending process and added in batches ("stats").
 --
 -- A stored message is  struct.pack('>dH', expires_at, #name) .. name .. payload  where name
 -- is the full channel name for process-local channels ("a!x" stored in list "a!") and empty
@@ -9,10 +10,13 @@
 -- characters nor ",").
 --
 -- ARGV[1] selects the operation:
---   "send"  KEYS: list, channel stats hash, global stats hash (optional)
---           ARGV: "send", item, capacity, key ttl, now, now second,
---                 messages in the item (optional, default 1: more for a fan-out entry)
+--   "send"  KEYS: list
+--           ARGV: "send", item, capacity, key ttl, now
 --           returns 1 when pushed, 0 when the channel is full
+--   "stats" KEYS: stats hashes (channels' first, then any that never expire)
+--           ARGV: "stats", key ttl, second counted, how many of KEYS expire,
+--                 then per key: messages sent, messages refused as full
+--           adds a batch counted by one process in that second; returns #KEYS
 --   "group" KEYS: group zset, group capacities hash, global stats hash
 --           ARGV: "group", item without name, payload, expires_at, key ttl, now, now second,
 --                 membership cutoff, key prefix, local prefixes to skip...
@@ -24,14 +28,18 @@
 
 local op = ARGV[1]
 
--- Counters: a total, plus this second's and the previous second's counts.
+-- Counters: a total, plus this second's and the previous second's counts. A batch may
+-- come late (counted in a second another process has already moved past): it then adds to
+-- the previous second's count, or only to the total.
 local function bump(key, what, sec, n)
   if n == 0 then return end
   redis.call('HINCRBY', key, what, n)
   local seen = tonumber(redis.call('HGET', key, what .. ':sec') or '0')
   if seen == sec then
     redis.call('HINCRBY', key, what .. ':this', n)
-  else
+  elseif sec == seen - 1 then
+    redis.call('HINCRBY', key, what .. ':last', n)
+  elseif sec > seen then
     local last = 0
     if seen == sec - 1 then
       last = tonumber(redis.call('HGET', key, what .. ':this') or '0')
@@ -56,24 +64,24 @@ local function room(list, capacity, now)
   return capacity - length
 end
 
-local function push(list, stats, global, item, capacity, ttl, now, sec, n)
-  if room(list, capacity, now) <= 0 then
-    bump(stats, 'full', sec, n)
-    redis.call('EXPIRE', stats, ttl)
-    if global then bump(global, 'full', sec, n) end
+if op == 'send' then
+  local list = KEYS[1]
+  if room(list, tonumber(ARGV[3]), tonumber(ARGV[5])) <= 0 then
     return 0
   end
-  redis.call('RPUSH', list, item)
-  redis.call('EXPIRE', list, ttl)
-  bump(stats, 'count', sec, n)
-  redis.call('EXPIRE', stats, ttl)
-  if global then bump(global, 'count', sec, n) end
+  redis.call('RPUSH', list, ARGV[2])
+  redis.call('EXPIRE', list, tonumber(ARGV[4]))
   return 1
 end
 
-if op == 'send' then
-  return push(KEYS[1], KEYS[2], KEYS[3], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]),
-              tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7] or '1'))
+if op == 'stats' then
+  local ttl, sec, expiring = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+  for i = 1, #KEYS do
+    bump(KEYS[i], 'count', sec, tonumber(ARGV[3 + 2 * i]))
+    bump(KEYS[i], 'full', sec, tonumber(ARGV[4 + 2 * i]))
+    if i <= expiring then redis.call('EXPIRE', KEYS[i], ttl) end
+  end
+  return #KEYS
 end
 
 if op == 'peek' then

@@ -5,6 +5,10 @@ hash tags and nothing may span two slots).
 Layout in Redis (``P`` is the layer's prefix): ``P<channel>`` list of entries (see
 stored.py), ``P stats:<channel>`` and ``P stats:`` counters, ``P group:<group>`` sorted set of
 members scored by join time and ``P groupcap:<group>`` each member's capacity.
+
+Sends, group sends and non-blocking pops go over the shard's ``quick`` connection, which
+pipelines what greenlets send at the same time (connections.Pipelined); a send's counters
+are added to Redis in batches (tally.py).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gevent
 import redis
 from gevent.lock import BoundedSemaphore
 
@@ -22,6 +27,7 @@ from ...exceptions import ChannelLayerUnavailable
 from ..base import non_local_name
 from . import stored
 from .connections import UNREACHABLE, Backoff, Connections
+from .tally import FLUSH_SECONDS, Counts, Tally
 
 log = logging.getLogger("geventchannels.layers.redis")
 
@@ -79,6 +85,8 @@ class Shard:
         #: Fast paths for sends, group sends and pops; None on Sentinel and Cluster shards.
         self.quick: Connections | None = None
         self.slow: Connections | None = None
+        self.tally = Tally()
+        self._flusher: gevent.Greenlet | None = None
 
     # -- keys ----------------------------------------------------------------
 
@@ -109,8 +117,49 @@ class Shard:
     def store(self, list_name: str, item: bytes, capacity: int, now: float) -> bool:
         """Push one entry on ``list_name`` unless it holds ``capacity`` entries; False
         when it is full. Counts it, or counts it as refused, either way."""
-        keys = [self.list_key(list_name), self.stats_key(list_name), self.prefix + "stats:"]
-        return bool(self.run_script(keys, ["send", item, capacity, self.key_ttl, now, int(now)]))
+        pushed = self.run_script(
+            [self.list_key(list_name)], ["send", item, capacity, self.key_ttl, now]
+        )
+        self.count(list_name, 1 if pushed else 0, 0 if pushed else 1, now)
+        return bool(pushed)
+
+    # -- statistics, counted here and added to Redis in batches --------------------
+
+    def count(self, list_name: str, sent: int, full: int, now: float) -> None:
+        """Count messages sent to ``list_name`` (or refused as full); Redis gets the
+        count within FLUSH_SECONDS."""
+        self.tally.add(list_name, sent, full, now)
+        if self._flusher is None:
+            self._flusher = gevent.spawn_later(FLUSH_SECONDS, self._flush_later)
+
+    def _flush_later(self) -> None:
+        self._flusher = None
+        try:
+            self.flush_statistics()
+        except UNREACHABLE as error:
+            self.mark_down(error)  # kept for the next flush
+        except Exception:
+            log.exception("adding statistics to %s failed; they are dropped", self.label)
+
+    def flush_statistics(self) -> None:
+        """Add what this process counted to the statistics hashes in Redis. On failure
+        the counts stay for the next flush."""
+        counts = self.tally.take()
+        try:
+            self._write_counts(counts)
+        except UNREACHABLE:
+            self.tally.put_back(counts)
+            raise
+
+    def _write_counts(self, counts: Counts) -> None:
+        """One script call per second counted: every list's hash, then the layer's."""
+        for second, lists in counts.items():
+            keys = [self.stats_key(name) for name in lists] + [self.prefix + "stats:"]
+            args: list[Any] = ["stats", self.key_ttl, second, len(lists)]
+            for sent, full in lists.values():
+                args += [sent, full]
+            args += [sum(c[0] for c in lists.values()), sum(c[1] for c in lists.values())]
+            self.run_script(keys, args)
 
     def send_group(self, send: GroupSend) -> Skipped:
         """Send to the group's members on this shard that have room, all in one script
@@ -142,13 +191,14 @@ class Shard:
         with an identity that names it among the shard's fetchers."""
         yield (id(self), tuple(sorted(keys))), keys
 
-    def pop_now(self, keys: Sequence[str]) -> tuple[str, list[bytes]] | None:
-        """Pop the head of the first non-empty list: (key, [item]) or None."""
+    def pop_now(self, keys: Sequence[str], count: int = 1) -> tuple[str, list[bytes]] | None:
+        """Pop up to ``count`` entries from the head of the first non-empty list:
+        (key, [items]) or None."""
         if self.multi_pop:
             try:
                 if self.quick is not None:
-                    return self.quick.execute("LMPOP", len(keys), *keys, "LEFT")
-                return self.client.lmpop(len(keys), *keys, direction="LEFT")
+                    return self.quick.execute("LMPOP", len(keys), *keys, "LEFT", "COUNT", count)
+                return self.client.lmpop(len(keys), *keys, direction="LEFT", count=count)
             except redis.exceptions.ResponseError as error:
                 self._no_multi_pop(error)
         for key in keys:
@@ -249,6 +299,13 @@ class Shard:
             log.warning("Redis at %s is reachable again", self.label)
 
     def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.kill()
+            self._flusher = None
+        try:
+            self.flush_statistics()
+        except Exception:  # best effort: the process is stopping
+            log.debug("last statistics for %s not written", self.label, exc_info=True)
         for connections in (self.quick, self.slow):
             if connections is not None:
                 connections.close()
@@ -271,11 +328,18 @@ class ClusterShard(Shard):
     def stats_key(self, list_name: str) -> str:
         return self.prefix + "stats:{" + list_name + "}"
 
-    def store(self, list_name: str, item: bytes, capacity: int, now: float) -> bool:
-        keys = [self.list_key(list_name), self.stats_key(list_name)]
-        pushed = bool(self.run_script(keys, ["send", item, capacity, self.key_ttl, now, int(now)]))
-        self.client.hincrby(self.prefix + "stats:", "count" if pushed else "full", 1)
-        return pushed
+    def _write_counts(self, counts: Counts) -> None:
+        """One script call per hash: a script cannot span slots."""
+        for second, lists in counts.items():
+            sent_total = full_total = 0
+            for name, (sent, full) in lists.items():
+                self.run_script(
+                    [self.stats_key(name)], ["stats", self.key_ttl, second, 1, sent, full]
+                )
+                sent_total, full_total = sent_total + sent, full_total + full
+            self.run_script(
+                [self.prefix + "stats:"], ["stats", self.key_ttl, second, 0, sent_total, full_total]
+            )
 
     def send_group(self, send: GroupSend) -> Skipped:
         """The members' keys live in other slots than the group, so the members are read
@@ -293,7 +357,8 @@ class ClusterShard(Shard):
         firsts = [channels[0] for channels in by_list.values()]
         capacities = dict(zip(firsts, client.hmget(capacities_key, firsts), strict=True))
         skipped: Skipped = []
-        by_node: dict[str, tuple[Any, list[tuple[list[str], list]]]] = {}
+        #: node name -> (node, [(keys, args, list name, members)])
+        by_node: dict[str, tuple[Any, list[tuple[list[str], list, str, list[str]]]]] = {}
         for list_name, channels in by_list.items():
             if list_name in send.local_prefixes:
                 skipped.append((list_name, [c[len(list_name) :] for c in channels]))
@@ -302,26 +367,23 @@ class ClusterShard(Shard):
                 item = stored.fanout_entry(list_name, channels, payload, expires_at)
             else:
                 item = stored.entry(payload, expires_at, channels[0])
-            keys = [self.list_key(list_name), self.stats_key(list_name)]
+            keys = [self.list_key(list_name)]
             capacity = int(capacities[channels[0]] or send.capacity_of(list_name))
-            args = ["send", item, capacity, self.key_ttl, now, int(now), len(channels)]
+            args = ["send", item, capacity, self.key_ttl, now]
             node = client.get_node_from_key(keys[0])
-            by_node.setdefault(node.name, (node, []))[1].append((keys, args))
-        pushed = 0
+            by_node.setdefault(node.name, (node, []))[1].append((keys, args, list_name, channels))
         for node, calls in by_node.values():
             pipe = node.redis_connection.pipeline(transaction=False)
-            for keys, args in calls:
+            for keys, args, _list_name, _channels in calls:
                 self.script(keys=keys, args=args, client=pipe)
             try:
                 replies = pipe.execute()
             except redis.exceptions.ResponseError:
                 # Slots moved under us (resharding): one call at a time through the cluster.
-                replies = [self.script(keys=keys, args=args) for keys, args in calls]
-            pushed += sum(
-                args[-1] for (_keys, args), sent in zip(calls, replies, strict=True) if sent
-            )
-        if pushed:
-            client.hincrby(self.prefix + "stats:", "count", pushed)
+                replies = [self.script(keys=call[0], args=call[1]) for call in calls]
+            for (_keys, _args, list_name, channels), sent in zip(calls, replies, strict=True):
+                n = len(channels)
+                self.count(list_name, n if sent else 0, 0 if sent else n, now)
         return skipped
 
     def fetch_groups(self, keys: dict[str, str]) -> Iterator[FetchGroup]:

@@ -1,0 +1,175 @@
+"""One message through its consumer, as the pool runs it: routing, the consumer's
+buffered sends, the consumer signals, and what each way of ending means.
+
+| the consumer...                          | then                                         |
+|------------------------------------------|----------------------------------------------|
+| returns                                  | its buffered messages are sent               |
+| raises ConsumeLater                      | they are dropped, the message is put back    |
+| raises a ChannelSocketException          | they are sent, then the exception acts       |
+| raises DenyConnection (websocket.connect)| they are dropped, the handshake is refused   |
+| raises anything else                     | they are dropped, the traceback is logged    |
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import gevent
+
+from .channel import discard_buffered, flush_buffered, start_buffering
+from .exceptions import ChannelFull, ChannelSocketException, ConsumeLater, DenyConnection
+from .message import Message
+from .signals import send_consumer_finished, send_consumer_started
+from .utils import name_that_thing
+
+if TYPE_CHECKING:
+    from .layers.base import BaseChannelLayer
+    from .routing import Router
+
+logger = logging.getLogger("geventchannels.worker")
+
+#: Content key counting how often ConsumeLater put a message back (as in Channels 1.x).
+RETRIES_KEY = "__retries__"
+
+#: Puts a message back on its channel for ConsumeLater; raises ChannelFull when full.
+PutBack = Callable[[str, dict], None]
+
+
+class ConsumerCalls:
+    """Runs messages through the consumers ``router`` finds, for one pool.
+
+    ``sender`` is what the consumer signals are sent with (the Worker class);
+    ``put_back_offered`` is where ConsumeLater puts a message the server offered the
+    pool directly (others go back through ``layer``).
+    """
+
+    def __init__(
+        self,
+        router: Router,
+        layer: BaseChannelLayer,
+        sender: type,
+        consume_later_limit: int,
+        put_back_offered: PutBack,
+    ):
+        self.router = router
+        self.layer = layer
+        self.sender = sender
+        self.consume_later_limit = consume_later_limit
+        self.put_back_offered = put_back_offered
+        self._names: dict[Callable, str] = {}
+
+    def handle(self, channel: str, content: dict, offered: bool = False) -> None:
+        """Run the consumer routed for one message, with its sends buffered."""
+        try:
+            match = self.router.match_content(channel, content)
+        except Exception:
+            logger.exception("routing a message on %s failed; message ignored", channel)
+            return
+        if match is None:
+            logger.warning(
+                "no route matches the message on %s (keys: %s); ignored",
+                channel,
+                ", ".join(sorted(content)),
+            )
+            return
+        consumer, kwargs = match
+        message = Message(content, channel, self.layer)
+        start_buffering()
+        try:
+            send_consumer_started(self.sender)
+            consumer(message, **kwargs)
+        except ConsumeLater:
+            discard_buffered()
+            self._consume_later(channel, content, offered)
+        except ChannelSocketException as error:
+            flush_buffered()
+            self._run_socket_exception(error, message, consumer)
+        except DenyConnection:
+            discard_buffered()
+            self._deny(message, consumer)
+        except Exception:
+            discard_buffered()
+            logger.exception(
+                "error in consumer %s handling a message on %s", self.name(consumer), channel
+            )
+        except BaseException:
+            discard_buffered()
+            raise
+        else:
+            flush_buffered()
+        finally:
+            try:
+                send_consumer_finished(self.sender)
+            except Exception:
+                logger.exception(
+                    "a consumer_finished receiver failed after %s", self.name(consumer)
+                )
+
+    def _consume_later(self, channel: str, content: dict, offered: bool) -> None:
+        retries = content.get(RETRIES_KEY, 0) + 1
+        if retries > self.consume_later_limit:
+            logger.warning(
+                "message on %s dropped: its consumer raised ConsumeLater %d times "
+                "(CONSUME_LATER_LIMIT)",
+                channel,
+                retries - 1,
+            )
+            return
+        content[RETRIES_KEY] = retries
+        put_back = self.put_back_offered if offered else self.layer.send
+        for attempt in range(10):
+            try:
+                put_back(channel, content)
+                break
+            except ChannelFull:
+                gevent.sleep(0.01 * (attempt + 1))
+        else:
+            logger.warning(
+                "message on %s dropped: ConsumeLater could not put it back, the "
+                "channel stayed full",
+                channel,
+            )
+            return
+        # Let other greenlets run before the message comes round again.
+        gevent.sleep(0)
+
+    def _run_socket_exception(
+        self, error: ChannelSocketException, message: Message, consumer: Callable
+    ) -> None:
+        try:
+            error.run(message)
+        except Exception:
+            logger.exception(
+                "consumer %s raised %s on %s, and acting on it failed",
+                self.name(consumer),
+                type(error).__name__,
+                message.channel_name,
+            )
+
+    def _deny(self, message: Message, consumer: Callable) -> None:
+        if message.channel_name != "websocket.connect" or message.reply_channel is None:
+            logger.error(
+                "consumer %s raised DenyConnection on %s; it is only meaningful in "
+                "a websocket.connect consumer",
+                self.name(consumer),
+                message.channel_name,
+            )
+            return
+        try:
+            message.reply_channel.send({"close": True}, immediately=True)
+        except Exception:
+            logger.exception("could not refuse the WebSocket of %s", message.reply_channel)
+
+    def name(self, consumer: Callable) -> str:
+        """The consumer's dotted name, for log lines (remembered per consumer)."""
+        try:
+            return self._names[consumer]
+        except (KeyError, TypeError):
+            name = name_that_thing(consumer)
+            try:
+                self._names[consumer] = name
+            except TypeError:
+                pass
+            return name
