@@ -89,6 +89,21 @@ def boolean(value: Any) -> bool:
 boolean.expects = "True or False"  # type: ignore[attr-defined]
 
 
+def host_patterns_or_none(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ValueError
+    return [pattern.strip().lower() for pattern in value if pattern.strip()]
+
+
+host_patterns_or_none.expects = (  # type: ignore[attr-defined]
+    "a list of host patterns as in ALLOWED_HOSTS, or None"
+)
+
+
 @dataclass(frozen=True)
 class Setting:
     """One setting: its ``GEVENTCHANNELS`` key, default, validator and help; ``modes`` are the
@@ -212,6 +227,24 @@ SETTINGS: tuple[Setting, ...] = (
         SERVING,
     ),
     Setting(
+        "WEBSOCKET_OUTBOUND_BYTES",
+        "WebSocket",
+        4_194_304,
+        positive_int,
+        "Bytes of frames that may wait for one client that reads slowly (4 MiB); more drop "
+        "it with 1008. Keep it above the largest message sent.",
+        SERVING,
+    ),
+    Setting(
+        "WEBSOCKET_OUTBOUND_TOTAL",
+        "WebSocket",
+        268_435_456,
+        positive_int,
+        "Bytes of frames waiting for all slow clients of the process together (256 MiB); "
+        "above it the clients holding the most are dropped with 1008.",
+        SERVING,
+    ),
+    Setting(
         "WEBSOCKET_PING_INTERVAL",
         "WebSocket",
         20.0,
@@ -225,6 +258,31 @@ SETTINGS: tuple[Setting, ...] = (
         20.0,
         seconds,
         "Seconds to wait for the pong before the connection is closed with 1011.",
+        SERVING,
+    ),
+    Setting(
+        "WEBSOCKET_COMPRESSION",
+        "WebSocket",
+        True,
+        boolean,
+        "Negotiate permessage-deflate (RFC 7692) with clients that offer it.",
+        SERVING,
+    ),
+    Setting(
+        "WEBSOCKET_ALLOWED_ORIGINS",
+        "WebSocket",
+        None,
+        host_patterns_or_none,
+        "Hosts a handshake's Origin may name, with ALLOWED_HOSTS' rules ('*' any, "
+        "'.example.com' a domain and its subdomains, 'null' the null origin); None uses "
+        "ALLOWED_HOSTS. A foreign Origin gets 403; no Origin at all is allowed.",
+    ),
+    Setting(
+        "WEBSOCKET_CHECK_HOST",
+        "WebSocket",
+        True,
+        boolean,
+        "Answer 403 to a handshake whose Host is not in ALLOWED_HOSTS, as Django does for HTTP.",
         SERVING,
     ),
     # Shutdown

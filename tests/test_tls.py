@@ -134,7 +134,8 @@ def tls_server(certificate):
         route("websocket.receive", blast, path=r"^/blast/$"),
         route("websocket.receive", echo),
     ]
-    with live_tls_server(certificate, routing) as (_, url):
+    # The blast queues 8 MB for a slow reader: above the default WEBSOCKET_OUTBOUND_BYTES.
+    with live_tls_server(certificate, routing, WEBSOCKET_OUTBOUND_BYTES=16 << 20) as (_, url):
         yield url
 
 

@@ -38,6 +38,7 @@ SYSTEMS = {
                     "http_db",
                     "ws_echo",
                     "ws_echo_auth",
+                    "ws_echo_deflate",
                     "broadcast",
                     "broadcast_redis",
                     "idle",

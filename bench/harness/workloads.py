@@ -23,6 +23,7 @@ FULL = {
     "http_db": {"connections": 50, "seconds": 10, "warmup": 2},
     "ws_echo": {"connections": 50, "seconds": 10, "warmup": 2},
     "ws_echo_auth": {"connections": 50, "seconds": 10, "warmup": 2},
+    "ws_echo_deflate": {"connections": 50, "seconds": 10, "warmup": 2},
     "broadcast": {"sockets": 1000, "messages": 200, "deadline": 30},
     "broadcast_redis": {"sockets": 1000, "messages": 200, "deadline": 30},
     "idle": {"sockets": 10000},
@@ -33,6 +34,7 @@ QUICK = {
     "http_db": {"connections": 10, "seconds": 1, "warmup": 0.3},
     "ws_echo": {"connections": 10, "seconds": 1, "warmup": 0.3},
     "ws_echo_auth": {"connections": 10, "seconds": 1, "warmup": 0.3},
+    "ws_echo_deflate": {"connections": 10, "seconds": 1, "warmup": 0.3},
     "broadcast": {"sockets": 50, "messages": 20, "deadline": 10},
     "broadcast_redis": {"sockets": 50, "messages": 20, "deadline": 10},
     "idle": {"sockets": 200},
@@ -201,6 +203,11 @@ def _echo(ctx: Context, system: str, workload: str, path: str, **extra) -> dict:
 
 def ws_echo(ctx: Context, system: str) -> dict:
     return _echo(ctx, system, "ws_echo", "/echo/")
+
+
+def ws_echo_deflate(ctx: Context, system: str) -> dict:
+    """ws_echo with permessage-deflate: every message compressed both ways, as browsers do."""
+    return _echo(ctx, system, "ws_echo_deflate", "/echo/", deflate=True)
 
 
 def ws_echo_auth(ctx: Context, system: str) -> dict:
@@ -428,6 +435,21 @@ WORKLOADS = [
             ("server_cpu_pct", "server CPU %"),
         ),
         ws_echo_auth,
+    ),
+    Workload(
+        "ws_echo_deflate",
+        "WebSocket echo, compressed (permessage-deflate)",
+        "ws_echo_deflate",
+        "rt_s",
+        True,
+        (
+            ("rt_s", "round trips/s"),
+            ("p50_ms", "p50 ms"),
+            ("p99_ms", "p99 ms"),
+            ("errors", "errors"),
+            ("server_cpu_pct", "server CPU %"),
+        ),
+        ws_echo_deflate,
     ),
     Workload(
         "broadcast",

@@ -36,9 +36,13 @@ function mergeHistograms(hists) {
 
 // ---- opening sockets -------------------------------------------------------------------
 
+// cfg.deflate (the ws_echo_deflate workload): offer permessage-deflate and compress every
+// message, however small, as browsers do.
+let perMessageDeflate = false;
+
 function openOne(url, localAddress, headers) {
   return new Promise((resolve) => {
-    const ws = new WebSocket(url, { perMessageDeflate: false, handshakeTimeout: 30000, localAddress, headers });
+    const ws = new WebSocket(url, { perMessageDeflate, handshakeTimeout: 30000, localAddress, headers });
     let settled = false;
     ws.on('error', (err) => {
       if (!settled) { settled = true; resolve({ ws: null, error: String(err.message || err) }); }
@@ -462,6 +466,7 @@ function main() {
   const [mode, cfgJson] = process.argv.slice(2);
   if (mode === 'worker') {
     const cfg = JSON.parse(cfgJson);
+    if (cfg.deflate) perMessageDeflate = { threshold: 0 };
     workerModes[cfg.mode](cfg).catch((err) => { process.send({ type: 'fatal', error: String(err.stack || err) }); process.exit(1); });
     return;
   }

@@ -95,14 +95,20 @@ class AllowedHostsOnlyOriginValidator(BaseOriginValidator):
     is not compared; with DEBUG and no ALLOWED_HOSTS, the local hosts Django allows."""
 
     def validate_origin(self, message: Any, origin: str) -> bool:
-        allowed_hosts = list(settings.ALLOWED_HOSTS)
-        if settings.DEBUG and not allowed_hosts:
-            allowed_hosts = DEBUG_HOSTS
         host = origin_host(origin)
-        return bool(host) and validate_host(host, allowed_hosts)
+        return bool(host) and validate_host(host, allowed_hosts())
 
 
 allowed_hosts_only = AllowedHostsOnlyOriginValidator
+
+
+def allowed_hosts() -> list[str]:
+    """ALLOWED_HOSTS as Django applies it: with DEBUG on and the list empty, the local
+    hosts Django allows then."""
+    allowed = list(settings.ALLOWED_HOSTS)
+    if settings.DEBUG and not allowed:
+        return list(DEBUG_HOSTS)
+    return allowed
 
 
 def origin_host(origin: str) -> str:

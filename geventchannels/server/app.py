@@ -8,7 +8,6 @@ The listener (``ChannelsWSGIServer`` or gunicorn's) feeds it sockets via ``Chann
 
 from __future__ import annotations
 
-import itertools
 import logging
 import secrets
 import time
@@ -83,7 +82,6 @@ class ChannelsApplication:
         self.reply_prefix = f"gc.{secrets.token_hex(6)}!"
         self._endpoints: dict[str, Endpoint] = {}
         self._websockets: dict[TrackedSocket, None] = {}
-        self._ids = itertools.count(1)
         self.connections = 0
         self.requests_in_flight = 0
         self.started = False
@@ -235,8 +233,9 @@ class ChannelsApplication:
     # -- reply channels -----------------------------------------------------------
 
     def register_endpoint(self, endpoint: Endpoint, kind: str) -> str:
-        """A new reply channel whose messages go to ``endpoint.deliver(message)``."""
-        name = f"{self.reply_prefix}{kind}{next(self._ids)}"
+        """A new reply channel whose messages go to ``endpoint.deliver(message)``. Its name
+        is a capability (whoever knows it writes to the socket): 128 random bits each."""
+        name = f"{self.reply_prefix}{kind}{secrets.token_urlsafe(16)}"
         self._endpoints[name] = endpoint
         return name
 

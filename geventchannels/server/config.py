@@ -23,6 +23,11 @@ class ServerConfig:
     websocket_outbound_queue: int = conf.DEFAULTS["WEBSOCKET_OUTBOUND_QUEUE"]
     websocket_ping_interval: float = conf.DEFAULTS["WEBSOCKET_PING_INTERVAL"]
     websocket_ping_timeout: float = conf.DEFAULTS["WEBSOCKET_PING_TIMEOUT"]
+    websocket_outbound_bytes: int = conf.DEFAULTS["WEBSOCKET_OUTBOUND_BYTES"]
+    websocket_outbound_total: int = conf.DEFAULTS["WEBSOCKET_OUTBOUND_TOTAL"]
+    websocket_compression: bool = conf.DEFAULTS["WEBSOCKET_COMPRESSION"]
+    websocket_allowed_origins: list[str] | None = conf.DEFAULTS["WEBSOCKET_ALLOWED_ORIGINS"]
+    websocket_check_host: bool = conf.DEFAULTS["WEBSOCKET_CHECK_HOST"]
     graceful_timeout: float = conf.DEFAULTS["GRACEFUL_TIMEOUT"]
     #: Django's DATA_UPLOAD_MAX_MEMORY_SIZE: the largest body a routed request may carry.
     max_body_size: int | None = 2621440
@@ -30,6 +35,10 @@ class ServerConfig:
     root_path: str = ""
     #: Django's CHANNELS_WS_PROTOCOLS: subprotocols offered when the consumer names none.
     ws_protocols: list[str] = field(default_factory=list)
+    #: Django's ALLOWED_HOSTS (with DEBUG and none, the local hosts Django allows then).
+    allowed_hosts: list[str] = field(default_factory=lambda: ["*"])
+    #: Django's USE_X_FORWARDED_HOST: the host checked is X-Forwarded-Host when present.
+    use_x_forwarded_host: bool = False
 
     @classmethod
     def from_settings(cls, overrides: dict[str, Any] | None = None) -> ServerConfig:
@@ -47,7 +56,11 @@ class ServerConfig:
         from django.conf import settings
 
         if settings.configured:
+            from ..security.websockets import allowed_hosts
+
             values["max_body_size"] = getattr(settings, "DATA_UPLOAD_MAX_MEMORY_SIZE", 2621440)
             values["root_path"] = getattr(settings, "FORCE_SCRIPT_NAME", None) or ""
             values["ws_protocols"] = list(getattr(settings, "CHANNELS_WS_PROTOCOLS", None) or [])
+            values["allowed_hosts"] = allowed_hosts()
+            values["use_x_forwarded_host"] = bool(getattr(settings, "USE_X_FORWARDED_HOST", False))
         return cls(**values)

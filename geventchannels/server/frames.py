@@ -10,19 +10,30 @@ fresh protocol object in the OPEN state (:class:`FrameEngine`), which reassemble
 fragments and decodes text: :meth:`FrameEngine.receive` turns bytes into whole messages.
 For speed, FrameEngine handles the most common frames itself (whole unfragmented data
 frames in, data frames out); every other case, and every protocol error, is websockets'
-own code. No extension (such as permessage-deflate, which costs a lot of memory per
-connection) is ever negotiated.
+own code.
+
+permessage-deflate (RFC 7692) is websockets' own extension, negotiated with the client's
+parameters honoured; its zlib objects are made when a connection first needs them, so an
+idle connection costs no compression memory. Its decompressor never produces more than
+the message limit allows (a decompression bomb fails with 1009).
 """
 
 from __future__ import annotations
 
 import logging
 import struct
+import zlib
 from codecs import getincrementaldecoder
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from websockets.datastructures import Headers
+from websockets.exceptions import PayloadTooBig, ProtocolError
+from websockets.extensions import Extension
+from websockets.extensions.permessage_deflate import (
+    PerMessageDeflate,
+    ServerPerMessageDeflateFactory,
+)
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import OPEN
@@ -79,17 +90,89 @@ class _QuietLogger:
 _QUIET: Any = _QuietLogger()
 
 
+class LazyDeflate(PerMessageDeflate):
+    """websockets' permessage-deflate, whose compressor (about 38 KiB) and decompressor
+    (10 to 40 KiB, by the client's window) are made on first use, not at the handshake."""
+
+    def __init__(
+        self,
+        remote_no_context_takeover: bool,
+        local_no_context_takeover: bool,
+        remote_max_window_bits: int,
+        local_max_window_bits: int,
+        compress_settings: dict[Any, Any] | None = None,
+    ) -> None:
+        # Without context takeover websockets makes no zlib object here: ask for that,
+        # then say what was negotiated.
+        super().__init__(
+            True, True, remote_max_window_bits, local_max_window_bits, compress_settings
+        )
+        self.remote_no_context_takeover = remote_no_context_takeover
+        self.local_no_context_takeover = local_no_context_takeover
+
+    #: Payload bytes of the last frame decoded, as it came on the wire (compressed).
+    wire_length = 0
+
+    def decode(self, frame: Frame, *, max_size: int | None = None) -> Frame:
+        self.wire_length = len(frame.data)
+        return super().decode(frame, max_size=max_size)
+
+    def __getattr__(self, name: str) -> Any:
+        value: Any
+        if name == "encoder":
+            value = zlib.compressobj(wbits=-self.local_max_window_bits, **self.compress_settings)
+        elif name == "decoder":
+            value = zlib.decompressobj(wbits=-self.remote_max_window_bits)
+        else:
+            raise AttributeError(name)
+        setattr(self, name, value)
+        return value
+
+
+class DeflateFactory(ServerPerMessageDeflateFactory):
+    """Negotiates permessage-deflate as websockets does, the extension being LazyDeflate."""
+
+    def process_request_params(
+        self, params: Sequence[Any], accepted_extensions: Sequence[Extension]
+    ) -> tuple[list[Any], PerMessageDeflate]:
+        response, extension = super().process_request_params(params, accepted_extensions)
+        return response, LazyDeflate(
+            extension.remote_no_context_takeover,
+            extension.local_no_context_takeover,
+            extension.remote_max_window_bits,
+            extension.local_max_window_bits,
+            extension.compress_settings,
+        )
+
+
+#: What the server offers: websockets' memory-conscious choice (a 4 KiB window and
+#: memLevel 5 for the server's compressor; the client's window at 4 KiB when it lets the
+#: server choose), the client's own requests honoured on top.
+DEFLATE = DeflateFactory(
+    server_max_window_bits=12, client_max_window_bits=12, compress_settings={"memLevel": 5}
+)
+
+
 def check_handshake(
-    method: str, path: str, protocol: str, headers: Iterable[tuple[str, str]]
-) -> Response:
+    method: str,
+    path: str,
+    protocol: str,
+    headers: Iterable[tuple[str, str]],
+    compression: bool = False,
+) -> tuple[Response, LazyDeflate | None]:
     """Check an opening handshake request. Returns the 101 response to send on accept
-    (without a subprotocol yet) or the error response (400/405/426/505) to send now."""
+    (without a subprotocol yet) and the permessage-deflate it negotiated (when
+    ``compression`` and the client offers it), or the error response (400/405/426/505)
+    to send now."""
     request = Request(path, Headers(headers), method=method, protocol=protocol)
-    response = ServerProtocol(logger=_QUIET).accept(request)
+    engine = ServerProtocol(extensions=[DEFLATE] if compression else None, logger=_QUIET)
+    response = engine.accept(request)
     if response.status_code != 101 and request.headers.get_all("Sec-WebSocket-Version") != ["13"]:
         # RFC 6455 4.4: a refused version is answered with the version the server speaks.
         response.headers["Sec-WebSocket-Version"] = "13"
-    return response
+    deflate = engine.extensions[0] if engine.extensions else None
+    assert deflate is None or isinstance(deflate, LazyDeflate)  # the only one offered
+    return response, deflate
 
 
 def accept_bytes(response: Response, subprotocol: str | None) -> bytes:
@@ -116,8 +199,10 @@ def _wire_size(length: int) -> int:
     return length + (6 if length < 126 else 8 if length < 65536 else 14)
 
 
-#: First header byte (FIN, no reserved bits) of the frames the shortcut parses.
+#: First header byte (FIN, no reserved bits) of the frames the shortcut parses, and of
+#: those compressed with permessage-deflate (RSV1 set). Text has bit 0 set, binary not.
 _SIMPLE_TEXT, _SIMPLE_BINARY = 0x81, 0x82
+_DEFLATED_TEXT, _DEFLATED_BINARY = 0xC1, 0xC2
 
 _HEADER_16 = struct.Struct("!BBH")
 _HEADER_64 = struct.Struct("!BBQ")
@@ -127,8 +212,9 @@ _Utf8Decoder = getincrementaldecoder("utf-8")
 class FrameEngine(ServerProtocol):
     """Frames and messages of one open connection.
 
-    ``max_message`` and ``max_frame`` bound incoming data; over either, the connection
-    fails with 1009. Protocol errors fail it with 1002, invalid UTF-8 in a text message
+    ``max_message`` and ``max_frame`` bound incoming data (after decompression, with
+    ``deflate``, the negotiated permessage-deflate); over either, the connection fails
+    with 1009. Protocol errors fail it with 1002, invalid UTF-8 in a text message
     or a close reason with 1007 (a fragmented text fails at the first bad fragment).
 
     A failure found while parsing is *deferred*: :meth:`receive` returns the messages
@@ -137,10 +223,21 @@ class FrameEngine(ServerProtocol):
     the stream (RFC 6455 7.1.7). Data after the violation is never looked at.
     """
 
-    def __init__(self, max_message: int | None, max_frame: int | None):
+    def __init__(
+        self,
+        max_message: int | None,
+        max_frame: int | None,
+        deflate: LazyDeflate | None = None,
+    ):
         super().__init__(state=OPEN, max_size=(max_message, max_frame), logger=_QUIET)
         limits = [limit for limit in (max_message, max_frame, 65535) if limit is not None]
         self.fast_limit = min(limits)
+        self.deflate = deflate
+        if deflate is not None:
+            self.extensions = [deflate]
+        inflated = [limit for limit in (max_message, max_frame) if limit is not None]
+        #: Bytes a compressed whole frame may inflate to.
+        self.inflate_limit = min(inflated) if inflated else None
         #: Bytes given to websockets' parser that no complete frame accounts for yet;
         #: 0 means its parser waits at a frame boundary (see ``receive``).
         self.unparsed = 0
@@ -153,9 +250,10 @@ class FrameEngine(ServerProtocol):
         self._deferring = False
 
     # Receiving. Whole, unfragmented, masked text/binary frames up to 64 KB without
-    # reserved bits are parsed here when websockets' parser is at a frame boundary;
-    # anything else (control frames, fragments, partial frames, errors) goes through
-    # websockets, so its checks decide every case the shortcut does not handle.
+    # reserved bits (but RSV1 with permessage-deflate: inflated by websockets' extension)
+    # are parsed here when websockets' parser is at a frame boundary; anything else
+    # (control frames, fragments, partial frames, errors) goes through websockets, so its
+    # checks decide every case the shortcut does not handle.
 
     def receive(self, data: bytes | bytearray) -> list[Message]:
         """Parse bytes read from the socket; return the whole messages they complete, in
@@ -189,10 +287,17 @@ class FrameEngine(ServerProtocol):
         size = len(data)
         position = 0
         limit = self.fast_limit
+        deflate = self.deflate
         while size - position >= 6:
             first = data[position]
             length = data[position + 1] ^ 0x80  # the mask bit must be set
-            if (first != _SIMPLE_TEXT and first != _SIMPLE_BINARY) or length > 127:
+            if first == _SIMPLE_TEXT or first == _SIMPLE_BINARY:
+                deflated = False
+            elif deflate is not None and (first == _DEFLATED_TEXT or first == _DEFLATED_BINARY):
+                deflated = True
+            else:
+                break
+            if length > 127:
                 break
             if length < 126:
                 start = position + 2
@@ -205,7 +310,12 @@ class FrameEngine(ServerProtocol):
             if length > limit or end > size:
                 break
             payload = apply_mask(data[start + 4 : end], data[start : start + 4])
-            if first == _SIMPLE_TEXT:
+            if deflated:
+                inflated = self._inflate(first, payload)
+                if inflated is None:
+                    return b""
+                payload = inflated
+            if first & 1:
                 try:
                     messages.append(payload.decode())
                 except UnicodeDecodeError as error:
@@ -216,9 +326,23 @@ class FrameEngine(ServerProtocol):
             position = end
         return data[position:] if position else data
 
+    def _inflate(self, first: int, payload: bytes) -> bytes | None:
+        """The payload of a whole compressed frame, inflated within the message limit;
+        None after deferring the failure (1009 over the limit, 1002 not deflate data)."""
+        assert self.deflate is not None
+        frame = Frame(TEXT if first & 1 else BINARY, payload, True, True)
+        try:
+            return bytes(self.deflate.decode(frame, max_size=self.inflate_limit).data)
+        except PayloadTooBig as error:
+            self._defer(1009, str(error))
+        except ProtocolError as error:
+            self._defer(1002, str(error))
+        return None
+
     def recv_frame(self, frame: Frame) -> None:
         """websockets' frame handling (sequence checks, pings, close), then reassembly."""
-        self.unparsed -= _wire_size(len(frame.data))
+        deflate = self.deflate
+        self.unparsed -= _wire_size(len(frame.data) if deflate is None else deflate.wire_length)
         opcode = frame.opcode
         if opcode is CLOSE and self.current_size is not None:
             # A close inside a fragmented message ends the connection cleanly; the
@@ -277,15 +401,27 @@ class FrameEngine(ServerProtocol):
 
     def send_text(self, data: BytesLike, fin: bool = True) -> None:
         if fin and self._state is OPEN and not self.expect_continuation_frame:
-            self.writes.append(_data_header(0x81, len(data)) + bytes(data))
+            if self.deflate is None:
+                self.writes.append(_data_header(0x81, len(data)) + bytes(data))
+            else:
+                self.writes.append(self._deflated(_DEFLATED_TEXT, data))
         else:
             super().send_text(data, fin)
 
     def send_binary(self, data: BytesLike, fin: bool = True) -> None:
         if fin and self._state is OPEN and not self.expect_continuation_frame:
-            self.writes.append(_data_header(0x82, len(data)) + bytes(data))
+            if self.deflate is None:
+                self.writes.append(_data_header(0x82, len(data)) + bytes(data))
+            else:
+                self.writes.append(self._deflated(_DEFLATED_BINARY, data))
         else:
             super().send_binary(data, fin)
+
+    def _deflated(self, first: int, data: BytesLike) -> bytes:
+        """A whole frame compressed by the negotiated permessage-deflate."""
+        assert self.deflate is not None
+        payload = self.deflate.encode(Frame(TEXT if first & 1 else BINARY, data)).data
+        return _data_header(first, len(payload)) + bytes(payload)
 
     def close_code_seen(self) -> int | None:
         """The code of the close frame the client sent (1005 for none), else the code of

@@ -1,11 +1,18 @@
-"""The parts of a WebSocket's opening handshake that need no connection state: the
-``websocket.connect`` message, reading a consumer's decision, the subprotocol, and taking
-the socket over from pywsgi's reader. The connection (websocket.py) holds the handshake
-until a consumer decides; the RFC 6455 checks themselves are the engine's (frames.py).
+"""The parts of a WebSocket's opening handshake that need no connection state: the Host
+and Origin policy, the ``websocket.connect`` message, reading a consumer's decision, the
+subprotocol, and taking the socket over from pywsgi's reader. The connection
+(websocket.py) holds the handshake until a consumer decides; the RFC 6455 checks
+themselves are the engine's (frames.py).
 """
 
 from __future__ import annotations
 
+import logging
+
+from django.http.request import split_domain_port, validate_host
+
+from ..logs import Tally
+from ..security.websockets import origin_host
 from .config import ServerConfig
 from .frames import offered_subprotocols
 from .http import endpoints, header_list, split_path
@@ -13,6 +20,64 @@ from .interfaces import RequestHandler
 
 #: Bytes taken at most from pywsgi's read buffer after the request head.
 BUFFERED_LIMIT = 65536
+#: Distinct refused origins and hosts logged one by one; beyond, they are only counted.
+REFUSALS_LOGGED = 1000
+
+logger = logging.getLogger("geventchannels.server.websocket")
+
+
+def refusal(handler: RequestHandler, config: ServerConfig) -> str | None:
+    """Why the handshake may not go on (answered 403), or None: its Host is not in
+    ALLOWED_HOSTS, or its Origin names a foreign site (cross-site WebSocket hijacking: the
+    browser sends the site's cookies whatever page opens the socket). A handshake
+    without Origin does not come from a web page and is allowed."""
+    headers = handler.headers
+    if config.websocket_check_host:
+        host = headers.get("Host") or ""
+        if config.use_x_forwarded_host:
+            host = headers.get("X-Forwarded-Host") or host
+        domain, _port = split_domain_port(host)
+        if not (domain and validate_host(domain, config.allowed_hosts)):
+            return _refused(f"Host {host!r} is not in ALLOWED_HOSTS")
+    origins = headers.get_all("Origin")
+    if not origins:
+        return None
+    allowed = config.websocket_allowed_origins
+    setting = "ALLOWED_HOSTS" if allowed is None else "WEBSOCKET_ALLOWED_ORIGINS"
+    if allowed is None:
+        allowed = config.allowed_hosts
+    origin = origins[0]
+    if len(origins) == 1:
+        if origin == "null":
+            if "null" in allowed:
+                return None
+        else:
+            domain = origin_host(origin)
+            if domain and validate_host(domain, allowed):
+                return None
+    return _refused(
+        f"Origin {', '.join(origins)!r} is not allowed by {setting} (add its host to "
+        "WEBSOCKET_ALLOWED_ORIGINS to let its pages connect)"
+    )
+
+
+_refusals_seen: set[str] = set()
+_more_refusals = Tally(
+    "%d WebSocket handshake(s) answered 403 for origins or hosts not logged before (latest: %s)",
+    logger,
+)
+
+
+def _refused(reason: str) -> str:
+    """``reason``, logged the first time it is seen (then only counted past
+    REFUSALS_LOGGED distinct ones), so that a refused site is named once, not per socket."""
+    if reason not in _refusals_seen:
+        if len(_refusals_seen) < REFUSALS_LOGGED:
+            _refusals_seen.add(reason)
+            logger.warning("WebSocket handshake answered 403: %s", reason)
+        else:
+            _more_refusals.add(reason)
+    return reason
 
 
 def connect_message(handler: RequestHandler, reply_channel: str, config: ServerConfig) -> dict:

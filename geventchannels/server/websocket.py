@@ -2,7 +2,8 @@
 
 Lifecycle (``run`` executes in the pywsgi handler greenlet that parsed the request):
 
-1. The handshake request is checked (bad ones get 400/405/426 and never reach a consumer).
+1. The handshake request is checked (bad ones get 400/405/426 and never reach a consumer;
+   a Host or Origin the policy refuses gets 403, see handshake.refusal).
 2. ``websocket.connect`` is sent and the handshake is HELD until the first reply on the
    connection's reply channel: ``accept: True`` or ``text``/``bytes`` accept (101),
    ``accept: False`` or ``close`` reject (403), no reply within the handshake timeout: 403,
@@ -17,9 +18,10 @@ Lifecycle (``run`` executes in the pywsgi handler greenlet that parsed the reque
 
 Memory: an idle connection is its handler greenlet, this object and the engine's small
 buffers; the writer exists only while a client is slow. If more than
-``WEBSOCKET_OUTBOUND_QUEUE`` frames wait for a slow client the connection is dropped (the
-consumer sees ``websocket.disconnect`` with code 1008), so a client that stops reading
-cannot make the server's memory grow.
+``WEBSOCKET_OUTBOUND_QUEUE`` frames or ``WEBSOCKET_OUTBOUND_BYTES`` bytes wait for a slow
+client, or all slow clients together hold more than ``WEBSOCKET_OUTBOUND_TOTAL``, the
+connection is dropped (the consumer sees ``websocket.disconnect`` with code 1008), so
+clients that stop reading cannot make the server's memory grow (writer.py).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from websockets.http11 import Response
 from ..exceptions import MessageTooLarge
 from ..logs import Tally
 from . import handshake
-from .frames import OPEN_STATE, FrameEngine, Message, accept_bytes, check_handshake
+from .frames import OPEN_STATE, FrameEngine, LazyDeflate, Message, accept_bytes, check_handshake
 from .http import split_path
 from .interfaces import RequestHandler
 from .responses import plain_response
@@ -131,25 +133,31 @@ class WebSocketConnection(FrameWriter):
     # -- lifecycle, in the handler greenlet -----------------------------------
 
     def run(self) -> None:
-        handler = self.handler
-        response = check_handshake(
+        handler, app = self.handler, self.app
+        response, deflate = check_handshake(
             handler.command,
             handler.path,
             handler.request_version or "HTTP/1.1",
             handler.headers.items(),
+            app.config.websocket_compression,
         )
         if response.status_code != 101:
             self._send_plain(response.serialize())
             self._log("REJECT")
             return
-        app = self.app
+        if handshake.refusal(handler, app.config) is not None:
+            self._send_plain(
+                plain_response(403, "WebSocket connection refused: Host or Origin not allowed.\n")
+            )
+            self._log("REJECT")
+            return
         if app.stopping:
             self._send_plain(plain_response(503, "Server is shutting down.\n"))
             self._log("REJECT")
             return
         self.reply_channel = app.register_endpoint(self, "ws")
         try:
-            if self._handshake(response):
+            if self._handshake(response, deflate):
                 try:
                     self._read_frames()
                 finally:
@@ -158,7 +166,7 @@ class WebSocketConnection(FrameWriter):
             self.state = CLOSED
             app.unregister_endpoint(self.reply_channel)
 
-    def _handshake(self, response: Response) -> bool:
+    def _handshake(self, response: Response, deflate: LazyDeflate | None) -> bool:
         app, config, handler = self.app, self.app.config, self.handler
         message = handshake.connect_message(handler, self.reply_channel, config)
         self._log("HANDSHAKING")
@@ -195,7 +203,7 @@ class WebSocketConnection(FrameWriter):
         except OSError:
             return False
         self.engine = FrameEngine(
-            config.websocket_max_message_size, config.websocket_max_frame_size
+            config.websocket_max_message_size, config.websocket_max_frame_size, deflate
         )
         self.state = OPEN
         self.last_seen = _monotonic()

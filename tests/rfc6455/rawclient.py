@@ -185,6 +185,9 @@ class RawWebSocket:
         self.timeout = timeout
         self.buffer = bytearray()
         self.response: HttpResponse | None = None
+        #: RSV bits the server may set on the first frame of a data message (4: RSV1,
+        #: once permessage-deflate is negotiated).
+        self.allowed_rsv = 0
 
     @classmethod
     def open_tcp(
@@ -321,7 +324,7 @@ class RawWebSocket:
             masked,
             header + extended + key,
         )
-        check_server_frame(frame)
+        check_server_frame(frame, self.allowed_rsv)
         return frame
 
     def recv_message(self, timeout: float = DEFAULT_TIMEOUT) -> tuple[int, bytes]:
@@ -406,12 +409,16 @@ class RawWebSocket:
         self.close()
 
 
-def check_server_frame(frame: Frame) -> None:
-    """Raise BadServerFrame unless ``frame`` is one a server may send (RFC 6455 5.1-5.5)."""
+def check_server_frame(frame: Frame, allowed_rsv: int = 0) -> None:
+    """Raise BadServerFrame unless ``frame`` is one a server may send (RFC 6455 5.1-5.5);
+    ``allowed_rsv`` are the bits a negotiated extension uses on a message's first frame
+    (RFC 7692 6.1)."""
     if frame.masked:
         raise BadServerFrame("server frames must not be masked (RFC 6455 5.1)")
-    if frame.rsv:
+    if frame.rsv & ~allowed_rsv:
         raise BadServerFrame(f"server set reserved bits {frame.rsv:#x} without an extension")
+    if frame.rsv and frame.opcode not in (OP_TEXT, OP_BINARY):
+        raise BadServerFrame(f"server set reserved bits {frame.rsv:#x} on opcode {frame.opcode:#x}")
     if frame.opcode not in DATA_OPCODES + CONTROL_OPCODES:
         raise BadServerFrame(f"server used reserved opcode {frame.opcode:#x}")
     if frame.opcode in CONTROL_OPCODES:
