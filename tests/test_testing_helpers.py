@@ -423,6 +423,22 @@ def test_channel_live_server_test_case(static_dir):
     assert "in raises" in trace  # the consumer's own frame
 
 
+def test_the_live_server_case_allows_its_own_host_like_djangos(static_dir):
+    """A project whose ALLOWED_HOSTS names only its real domain still reaches its live
+    server over HTTP and WebSocket (the server's Host and Origin checks pass)."""
+    suite = unittest.TestSuite([LiveServerCase("test_echo_static_and_database")])
+    result = unittest.TestResult()
+    with override_settings(
+        CHANNEL_LAYERS=LIVE_LAYERS,
+        STATICFILES_DIRS=[str(static_dir)],
+        STATIC_URL="/static/",
+        ALLOWED_HOSTS=["www.example.com"],
+    ):
+        suite.run(result)
+        assert settings.ALLOWED_HOSTS == ["www.example.com"]
+    assert (result.testsRun, result.errors, result.failures) == (1, [], [])
+
+
 def test_live_server_raises_a_consumer_error_where_the_test_waits():
     started = time.monotonic()
     with pytest.raises(ConsumerError, match="error in consumer .*raises") as caught:

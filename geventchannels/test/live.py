@@ -24,6 +24,7 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.test.testcases import TransactionTestCase
+from django.test.utils import modify_settings
 from django.utils.functional import classproperty
 from gevent import getcurrent
 
@@ -251,6 +252,11 @@ class ChannelLiveServerTestCase(TransactionTestCase):
     def setUpClass(cls) -> None:
         super().setUpClass()
         require_patched()
+        # As Django's LiveServerTestCase does: the server's own host is allowed, so that
+        # HTTP and the WebSocket Host and Origin checks accept the test's clients.
+        allowed = modify_settings(ALLOWED_HOSTS={"append": cls.host})
+        allowed.enable()
+        cls.addClassCleanup(allowed.disable)
         server = LiveServer(
             layer=project_layer(cls.channel_layer_alias, cls.in_memory_layer),
             alias=cls.channel_layer_alias,
