@@ -154,10 +154,19 @@ def test_a_star_allows_every_origin_but_null_unless_listed():
         assert status(running, origin="null") == 101
 
 
-def test_allowed_hosts_star_allows_every_origin_with_a_host():
+def test_allowed_hosts_star_still_refuses_foreign_origins_by_the_same_origin_rule():
+    """ALLOWED_HOSTS = ["*"] lets any Host be served; it does not let every site's pages
+    open sockets with the visitor's cookies: the Origin must then name the Host."""
     with serve(["*"]) as running:
-        assert status(running, host="anything.example", origin="https://other.example") == 101
+        assert status(running, host="anything.example", origin="https://anything.example") == 101
+        assert (
+            status(running, host="anything.example:8000", origin="http://anything.example") == 101
+        )
+        assert status(running, host="anything.example", origin="https://other.example") == 403
+        assert status(running, host="anything.example") == 101  # no Origin: not a browser
         assert status(running, origin="null") == 403
+    with serve(["*"], WEBSOCKET_ALLOWED_ORIGINS=["*"]) as running:
+        assert status(running, host="anything.example", origin="https://other.example") == 101
 
 
 # -- Host -----------------------------------------------------------------------------------

@@ -32,12 +32,12 @@ def refusal(handler: RequestHandler, config: ServerConfig) -> str | None:
     browser sends the site's cookies whatever page opens the socket). A handshake
     without Origin does not come from a web page and is allowed."""
     headers = handler.headers
+    host = headers.get("Host") or ""
+    if config.use_x_forwarded_host:
+        host = headers.get("X-Forwarded-Host") or host
+    host_domain, _port = split_domain_port(host)
     if config.websocket_check_host:
-        host = headers.get("Host") or ""
-        if config.use_x_forwarded_host:
-            host = headers.get("X-Forwarded-Host") or host
-        domain, _port = split_domain_port(host)
-        if not (domain and validate_host(domain, config.allowed_hosts)):
+        if not (host_domain and validate_host(host_domain, config.allowed_hosts)):
             return _refused(f"Host {host!r} is not in ALLOWED_HOSTS")
     origins = headers.get_all("Origin")
     if not origins:
@@ -46,6 +46,11 @@ def refusal(handler: RequestHandler, config: ServerConfig) -> str | None:
     setting = "ALLOWED_HOSTS" if allowed is None else "WEBSOCKET_ALLOWED_ORIGINS"
     if allowed is None:
         allowed = config.allowed_hosts
+        if "*" in allowed:
+            # ALLOWED_HOSTS = ["*"] says any Host may be served, not that any site's pages
+            # may open sockets with this site's cookies: then the Origin must be the Host.
+            allowed = [host_domain] if host_domain else []
+            setting = "the same-origin rule (ALLOWED_HOSTS is '*')"
     origin = origins[0]
     if len(origins) == 1:
         if origin == "null":
