@@ -43,7 +43,8 @@ logger = logging.getLogger(__name__)
 
 #: The close code of a socket whose login ended.
 LOGOUT_CLOSE_CODE = 4001
-#: Channel session key holding ``[group, joined at]``: the logout group the socket is in.
+#: Channel session key holding ``[group, renew at]``: the logout group the socket is in, and
+#: when (Unix time) to renew the membership, half its ``group_expiry`` after joining.
 LOGOUT_GROUP_KEY = "__geventchannels_logout_group"
 #: Where a channel session keeps the user it was checked against (not a session key: an
 #: attribute of the cached session object, so it lives exactly as long as that copy).
@@ -86,12 +87,12 @@ def user_of_channel_session(session: SessionBase) -> Any:
     """The user logged in the channel session, or an AnonymousUser. Checked like a
     browser's request (the auth hash); a failed check logs the socket out: the login keys
     leave the channel session, the rest of it stays."""
-    user_id = session.get(SESSION_KEY)
+    data = _data(session)
+    user_id = data.get(SESSION_KEY)
     if user_id is None:
         return _anonymous()
-    identity = _identity(session, user_id)
     cached = session.__dict__.get(_USER_ATTRIBUTE)
-    if cached is not None and cached[0] == identity:
+    if cached is not None and cached[0] == _identity(data, user_id):
         return cached[1]
     login = _Login.of(session)
     user = get_user(login)  # type: ignore[arg-type]
@@ -131,17 +132,25 @@ class _Login(dict):
 
 def remember_user(session: SessionBase, user: Any) -> None:
     """Keep ``user`` as the checked user of the session's current login."""
-    user_id = session.get(SESSION_KEY)
+    data = _data(session)
+    user_id = data.get(SESSION_KEY)
     if user_id is not None:
-        session.__dict__[_USER_ATTRIBUTE] = (_identity(session, user_id), user)
+        session.__dict__[_USER_ATTRIBUTE] = (_identity(data, user_id), user)
 
 
-def _identity(session: SessionBase, user_id: Any) -> tuple:
+def _data(session: SessionBase) -> dict:
+    """The session's loaded dict (Django's ``SessionBase._session``, which Channels 1.x
+    used too): read on every frame, so without the layers of ``get()``."""
+    return session._session  # type: ignore[attr-defined]
+
+
+def _identity(data: dict, user_id: Any) -> tuple:
+    """What a cached user was checked against: the login, and how often the user changed."""
     return (
         user_id,
-        session.get(BACKEND_SESSION_KEY),
-        session.get(HASH_SESSION_KEY),
-        _user_versions.get(str(user_id), 0),
+        data.get(BACKEND_SESSION_KEY),
+        data.get(HASH_SESSION_KEY),
+        _user_versions.get(user_id if type(user_id) is str else str(user_id), 0),
         _epoch,
     )
 
@@ -168,12 +177,12 @@ def channel_session_user(func: Consumer) -> Consumer:
         message = find_message(args)
         session = message.channel_session  # type: ignore[attr-defined]
         message.user = user_of_channel_session(session)  # type: ignore[attr-defined]
-        membership = session.get(LOGOUT_GROUP_KEY)
+        membership = _data(session).get(LOGOUT_GROUP_KEY)
         if membership:
             if message.channel_name == "websocket.disconnect":
                 _leave_group(message, membership[0])
-            else:
-                _renew_membership(message, session, membership)
+            elif membership[1] < time.time():
+                _join_group(message, session, membership[0])
         return func(*args, **kwargs)
 
     return inner  # type: ignore[return-value]
@@ -220,7 +229,7 @@ def _from_http(func: Consumer) -> Consumer:
                 remember_user(session, message.user)  # type: ignore[attr-defined]
         group = message.__dict__.get("_logout_group")
         if group and (session.get(LOGOUT_GROUP_KEY) or [None])[0] != group:
-            session[LOGOUT_GROUP_KEY] = [group, int(time.time())]
+            _note_membership(message, session, group)
         return func(*args, **kwargs)
 
     return inner  # type: ignore[return-value]
@@ -242,13 +251,17 @@ def channel_and_http_session_user_from_http(func: Consumer) -> Consumer:
 # -- the logout group ------------------------------------------------------------------------
 
 
-def _renew_membership(message: Any, session: SessionBase, membership: list) -> None:
-    """Group memberships expire (``group_expiry``): a socket open for longer renews its."""
+def _note_membership(message: Any, session: SessionBase, group: str) -> None:
+    """Group memberships expire (``group_expiry``): a socket open for longer renews its
+    half-way."""
     expiry = getattr(message.channel_layer, "group_expiry", 86400)
-    now = int(time.time())
-    if now - membership[1] > expiry // 2 and message.reply_channel is not None:
-        message.channel_layer.group_add(membership[0], message.reply_channel.name)
-        session[LOGOUT_GROUP_KEY] = [membership[0], now]
+    session[LOGOUT_GROUP_KEY] = [group, int(time.time()) + expiry // 2]
+
+
+def _join_group(message: Any, session: SessionBase, group: str) -> None:
+    if message.reply_channel is not None:
+        message.channel_layer.group_add(group, message.reply_channel.name)
+        _note_membership(message, session, group)
 
 
 def _leave_group(message: Any, group: str) -> None:

@@ -176,9 +176,10 @@ def socket_closed(message: Message) -> None:
 def find_message(args: tuple) -> Message:
     """The Message among a consumer's first two arguments (a function's, or a method's
     after ``self``)."""
-    for argument in args[:2]:
-        if isinstance(argument, Message):
-            return argument
+    if args and isinstance(args[0], Message):
+        return args[0]
+    if len(args) > 1 and isinstance(args[1], Message):
+        return args[1]
     raise ValueError(
         "a session decorator was applied to a consumer called without a Message as its "
         "first argument (or second, after self)"

@@ -201,6 +201,44 @@ def test_http_session_user_and_the_http_session_on_later_frames():
     assert layer.group_channels(logout_group_name(key)) == [reply]
 
 
+def test_a_long_lived_socket_renews_its_logout_group_membership():
+    import time
+
+    from geventchannels.auth import LOGOUT_GROUP_KEY, channel_session_user_from_http
+    from geventchannels.sessions import cache
+
+    file_database()
+    browser = logged_in_session(new_user())
+    group = logout_group_name(browser.session_key)
+    layer = InMemoryChannelLayer(group_expiry=100)
+    reply = "websocket.send!" + secrets.token_urlsafe(16)
+
+    @channel_session_user_from_http
+    def connect(message):
+        pass
+
+    @channel_session_user
+    def receive(message):
+        pass
+
+    cookie = [[b"cookie", b"sessionid=" + browser.session_key.encode()]]
+    connect(
+        Message(
+            {"reply_channel": reply, "order": 0, "path": "/", "headers": cookie},
+            "websocket.connect",
+            layer,
+        )
+    )
+    membership = cache.get(reply)[LOGOUT_GROUP_KEY]
+    assert membership[0] == group and 40 < membership[1] - time.time() <= 50
+    # Half the group's expiry later the membership is renewed by the next frame.
+    layer.group_discard(group, reply)
+    cache.get(reply)[LOGOUT_GROUP_KEY] = [group, int(time.time()) - 1]
+    receive(Message({"reply_channel": reply, "order": 1, "path": "/"}, "websocket.receive", layer))
+    assert layer.group_channels(group) == [reply]
+    assert cache.get(reply)[LOGOUT_GROUP_KEY][1] > time.time() + 40
+
+
 def test_transfer_user_copies_a_complete_login_only():
     file_database()
     source, target = SessionStore(), SessionStore()
