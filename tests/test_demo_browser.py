@@ -4,7 +4,8 @@ by Playwright talks to ``demo_project/manage.py runserver`` running as a real su
 Two browser contexts (two users, no shared cookies) open the page; a message sent from one
 must reach both logs through the browser client, the demultiplexer, the message binding and
 the ``chat`` group, once on the demo's default in-memory layer and once on Redis
-(``DEMO_REDIS_URL``). A third tab sees the history, every tab the number of open tabs.
+(``DEMO_REDIS_URL``). A third tab sees the history, every tab who is in the room (the
+presence list, by the names in the pages' addresses) and how many.
 Playwright's sync API runs fine in this gevent-patched process; only the test side uses it,
 the product process has no asyncio in it.
 """
@@ -115,13 +116,14 @@ def browser():
             chromium.close()
 
 
-def open_chat(browser, url: str):
-    """A page of the chat in a fresh context, once its WebSocket reports "connected"."""
+def open_chat(browser, url: str, name: str):
+    """A page of the chat in a fresh context for ``name``, once its WebSocket reports
+    "connected"."""
     from playwright.sync_api import expect
 
     page = browser.new_context().new_page()
     page.set_default_timeout(WAIT_MS)
-    page.goto(url)
+    page.goto(f"{url}?name={name}")
     expect(page.locator("#status")).to_have_text("connected", timeout=WAIT_MS)
     return page
 
@@ -130,10 +132,11 @@ def open_chat(browser, url: str):
 def test_a_message_typed_in_one_browser_appears_in_both(browser, demo_url, tmp_path):
     from playwright.sync_api import expect
 
-    alice = open_chat(browser, demo_url)
-    bob = open_chat(browser, demo_url)
+    alice = open_chat(browser, demo_url, "alice")
+    bob = open_chat(browser, demo_url, "bob")
     for page in (alice, bob):
         expect(page.locator("#online")).to_have_text("2 online", timeout=WAIT_MS)
+        expect(page.locator("#people li")).to_have_text(["alice", "bob"], timeout=WAIT_MS)
 
     alice.fill("#text", "hello from alice")
     alice.get_by_role("button", name="Send").click()
@@ -149,18 +152,21 @@ def test_a_message_typed_in_one_browser_appears_in_both(browser, demo_url, tmp_p
         expect(page.locator("#log div.message")).to_have_text(both, timeout=WAIT_MS)
 
     # A tab opened later gets the history from the page, then the new ones live.
-    carol = open_chat(browser, demo_url)
+    carol = open_chat(browser, demo_url, "carol")
     expect(carol.locator("#log div.message")).to_have_text(both, timeout=WAIT_MS)
     for page in (alice, bob, carol):
         expect(page.locator("#online")).to_have_text("3 online", timeout=WAIT_MS)
+        expect(page.locator("#people li")).to_have_text(["alice", "bob", "carol"])
 
     # The binding validates what clients send: too long is refused, and said so.
     carol.fill("#text", "x" * 2001)
     carol.press("#text", "Enter")
     expect(carol.locator("#error")).to_contain_text("at most 2000 characters", timeout=WAIT_MS)
+    # Closing the tab ends its socket: the server untracks it and the others are told.
     carol.context.close()
     for page in (alice, bob):
         expect(page.locator("#online")).to_have_text("2 online", timeout=WAIT_MS)
+        expect(page.locator("#people li")).to_have_text(["alice", "bob"], timeout=WAIT_MS)
         expect(page.locator("#log div.message")).to_have_text(both, timeout=WAIT_MS)
 
     screenshot = tmp_path / "chat.png"
