@@ -13,10 +13,10 @@ with the Router, calls it, and sends what it buffered. With ``ORDERED_DISPATCH``
 messages of one socket (one ``reply_channel``) never run at the same time and keep the
 order they were dispatched in: a message for a socket whose consumer is running is
 queued behind it and run next by the same greenlet. A message that finds every consumer
-greenlet busy waits in the pool's queue, first in first out; an offered one is refused
-with ChannelFull when its channel's capacity of messages already wait there (or behind
-its socket's running consumer), so the server's patience, 503 and 1013 keep their
-meaning.
+greenlet busy waits in the pool's queue, first in first out, and so does any later
+message of a socket with messages waiting there. An offered message is refused with
+ChannelFull when its channel's capacity of messages already waits there (or behind its
+socket's running consumer), so the server's patience, 503 and 1013 keep their meaning.
 """
 
 from __future__ import annotations
@@ -112,6 +112,8 @@ class Worker:
         self._queue: deque[tuple[str, dict, bool, float]] = deque()
         #: Offered messages per channel in _queue, held to the channel's capacity.
         self._queued: dict[str, int] = {}
+        #: reply_channel -> its messages in _queue: later ones must queue behind them.
+        self._queued_replies: dict[str, int] = {}
         #: The receiving greenlet waits for a free consumer greenlet.
         self._receiver_waiting = False
         self._remote_turn_at = 0.0
@@ -164,6 +166,9 @@ class Worker:
             # The receiver only ever waits in receive(), which gives a message it was
             # handed back to its channel when killed, so stopping it here loses nothing.
             self._greenlets[0].kill(block=True, timeout=timeout)
+        # No receiver any more: free greenlets take what waits in the queue.
+        self._receiver_waiting = False
+        self._run_queued()
         for _ in self._consumers:
             self._jobs.put(None)
         # A consumer may stop its own pool: it cannot wait for itself.
@@ -188,6 +193,7 @@ class Worker:
             )
             self._queue.clear()
             self._queued.clear()
+            self._queued_replies.clear()
         self.channel_layer.forget_consumer_pool(self)
 
     def run(self) -> None:
@@ -246,7 +252,11 @@ class Worker:
         message of the receiving greenlet's turn, which takes a free greenlet even while
         offered messages wait."""
         reply = content.get("reply_channel") if self.ordered else None
-        if type(reply) is str:
+        if type(reply) is not str:
+            reply = None
+        # Earlier messages of this socket waiting in the queue: this one goes behind them.
+        behind = reply is not None and reply in self._queued_replies
+        if reply is not None and not behind:
             waiting = self._busy.get(reply)
             if waiting is not None:
                 if len(waiting) < self.channel_layer.get_capacity(channel):
@@ -256,9 +266,7 @@ class Worker:
                 else:
                     self._overflow(channel, reply, len(waiting))
                 return
-        else:
-            reply = None
-        if self._free and (first or not self._queue):
+        if not behind and self._free and (first or not self._queue):
             if reply is not None:
                 self._busy[reply] = deque()
             self._free -= 1
@@ -269,6 +277,8 @@ class Worker:
             if queued >= self.channel_layer.get_capacity(channel):
                 raise ChannelFull(self._full(channel, f"{queued} messages"))
             self._queued[channel] = queued + 1
+        if reply is not None:
+            self._queued_replies[reply] = self._queued_replies.get(reply, 0) + 1
         self._queue.append((channel, content, offered, monotonic()))
 
     @staticmethod
@@ -288,6 +298,11 @@ class Worker:
                 self._queued[channel] -= 1
             reply = content.get("reply_channel") if self.ordered else None
             if type(reply) is str:
+                left = self._queued_replies[reply] - 1
+                if left:
+                    self._queued_replies[reply] = left
+                else:
+                    del self._queued_replies[reply]
                 waiting = busy.get(reply)
                 if waiting is not None:
                     waiting.append((channel, content, offered))
@@ -422,7 +437,7 @@ class Worker:
         at the end of the queue."""
         reply = content.get("reply_channel") if self.ordered else None
         waiting = self._busy.get(reply) if type(reply) is str else None
-        if waiting is not None:
+        if waiting is not None and reply not in self._queued_replies:
             waiting.append((channel, content, True))  # one per running consumer: bounded
         else:
             self._dispatch(channel, content, True)

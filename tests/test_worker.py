@@ -14,7 +14,12 @@ from gevent.event import Event
 
 from geventchannels import Channel
 from geventchannels.asgi import ChannelLayerWrapper
-from geventchannels.exceptions import ConsumeLater, DenyConnection, WebsocketCloseException
+from geventchannels.exceptions import (
+    ChannelFull,
+    ConsumeLater,
+    DenyConnection,
+    WebsocketCloseException,
+)
 from geventchannels.layers.inmemory import InMemoryChannelLayer
 from geventchannels.routing import route
 from geventchannels.signals import consumer_finished, consumer_started, worker_ready
@@ -431,3 +436,60 @@ def test_a_started_pool_means_messages_are_consumed_so_nothing_warns(caplog):
     finally:
         pool.worker.stop(timeout=5)
     assert [r for r in caplog.records if r.name == "geventchannels.layers.inmemory"] == []
+
+
+# -- local first: messages offered by the server of this process --------------------------
+
+
+def test_offered_messages_run_in_order_per_socket_and_once():
+    seen = defaultdict(list)
+
+    def consumer(message):
+        gevent.sleep(random.random() / 1000)
+        seen[message["reply_channel"]].append(message["n"])
+
+    with Pool([route("t.offered", consumer)], concurrency=5) as pool:
+        assert pool.worker.takes("t.offered") and not pool.worker.takes("t.other")
+        for n in range(100):
+            for socket in range(20):
+                while True:
+                    try:
+                        pool.worker.offer("t.offered", {"reply_channel": f"s!{socket}", "n": n})
+                        break
+                    except ChannelFull:
+                        gevent.sleep(0.001)
+        wait_for(lambda: sum(map(len, seen.values())) == 2000)
+    assert all(numbers == list(range(100)) for numbers in seen.values())
+    assert not pool.worker.takes("t.offered")  # stopped: the server sends through the layer
+
+
+def test_offered_messages_wait_in_a_queue_of_the_channels_capacity():
+    gate = Event()
+    layer = InMemoryChannelLayer(channel_capacity={"t.queued": 2})
+    with Pool([route("t.queued", lambda message: gate.wait(10))], layer, concurrency=1) as pool:
+        pool.worker.offer("t.queued", {"n": 0})  # runs, waits at the gate
+        pool.worker.offer("t.queued", {"n": 1})
+        pool.worker.offer("t.queued", {"n": 2})
+        with pytest.raises(ChannelFull):
+            pool.worker.offer("t.queued", {"n": 3})
+        stats = layer.channel_statistics("t.queued")
+        assert stats["messages_pending"] == 2 and stats["channel_full_count"] == 1
+        assert stats["messages_count"] == 3
+        gate.set()
+        wait_for(lambda: layer.channel_statistics("t.queued")["messages_pending"] == 0)
+        pool.worker.offer("t.queued", {"n": 4})
+
+
+def test_stopping_runs_the_messages_waiting_in_the_queue():
+    done = []
+
+    def slow(message):
+        gevent.sleep(0.02)
+        done.append(message["n"])
+
+    pool = Pool([route("t.drain", slow)], concurrency=1)
+    pool.worker.start()
+    for n in range(5):
+        pool.worker.offer("t.drain", {"n": n})
+    pool.worker.stop(timeout=5)
+    assert done == [0, 1, 2, 3, 4]
