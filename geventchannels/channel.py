@@ -15,6 +15,7 @@ from typing import Any
 from gevent import getcurrent
 
 from . import DEFAULT_CHANNEL_LAYER
+from .delay.messages import DELAY_CHANNEL, delay_message
 from .layers.base import BaseChannelLayer, copy_message
 
 logger = logging.getLogger(__name__)
@@ -124,13 +125,18 @@ class Channel(_Named):
 
     __slots__ = ()
 
-    def send(self, content: dict, immediately: bool = False) -> None:
-        """Send ``content`` (a dict) now, or when the running consumer returns."""
+    def send(self, content: dict, immediately: bool = False, delay: float | None = None) -> None:
+        """Send ``content`` (a dict) now, or when the running consumer returns; with
+        ``delay`` (seconds), that much later, through asgi.delay (docs/delay.md)."""
+        name = self.name
+        if delay is not None:
+            content = delay_message(name, content, delay, self.channel_layer)
+            name = DELAY_CHANNEL
         buffer = None if immediately else pending_sends.get(getcurrent())
         if buffer is None:
-            self.channel_layer.send(self.name, content)
+            self.channel_layer.send(name, content)
         else:
-            _keep(buffer, self.channel_layer, self.name, content, False)
+            _keep(buffer, self.channel_layer, name, content, False)
 
     @staticmethod
     def consumer(channels: str | Iterable[str], *more: str, **filters: Any) -> Callable:

@@ -295,6 +295,16 @@ SETTINGS: tuple[Setting, ...] = (
         "gunicorn, its own --graceful-timeout applies instead).",
         CONSUMING,
     ),
+    # Delayed messages
+    Setting(
+        "DELAY_SERVICE",
+        "Delayed messages",
+        True,
+        boolean,
+        "Deliver the messages sent to asgi.delay in every process that runs consumers; "
+        "turn it off when dedicated manage.py rundelay processes do it (see delay.md).",
+        CONSUMING,
+    ),
 )
 
 BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}

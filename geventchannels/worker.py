@@ -35,6 +35,7 @@ from gevent.queue import SimpleQueue
 
 from . import conf
 from .consuming import RETRIES_KEY, ConsumerCalls
+from .delay import service as delays
 from .exceptions import ChannelFull
 from .layers.copying import check_message
 from .signals import worker_ready
@@ -120,6 +121,7 @@ class Worker:
         self._calls = ConsumerCalls(
             self.router, self.channel_layer, Worker, self.consume_later_limit, self._put_back
         )
+        self._delay: delays.DelayService | None = None
 
     @staticmethod
     def apply_channel_filters(
@@ -152,6 +154,8 @@ class Worker:
         self._greenlets = [gevent.spawn(self._receive), *self._consumers]
         self.channel_layer.register_consumer_pool(self)
         self._accepting = True
+        # Delayed messages are delivered wherever consumers run (docs/delay.md).
+        self._delay = delays.start_for_pool(self.channel_layer, self.overrides)
         logger.info("consumers on: %s (%d greenlets)", ", ".join(self.channels), self.concurrency)
         worker_ready.send(sender=self)
 
@@ -162,6 +166,9 @@ class Worker:
             timeout = conf.get("GRACEFUL_TIMEOUT", self.overrides)
         self._stopping = True
         self._accepting = False
+        if self._delay is not None:
+            delays.release(self._delay)
+            self._delay = None
         if self._greenlets:
             # The receiver only ever waits in receive(), which gives a message it was
             # handed back to its channel when killed, so stopping it here loses nothing.

@@ -30,6 +30,9 @@ CHANNEL_NAME_RE = re.compile(r"[a-zA-Z0-9\-_.]+([?!][a-zA-Z0-9\-_.]*)?")
 GROUP_NAME_RE = re.compile(r"[a-zA-Z0-9\-_.]+")
 #: Longest channel or group name, in characters (ASGI 1.0: at least 100).
 MAX_NAME_LENGTH = 100
+#: Where delayed messages wait for the delay service (geventchannels.delay). Like a
+#: process-local queue it takes the sends of many senders at once: it has local_capacity.
+DELAY_CHANNEL = "asgi.delay"
 
 #: Called with (full channel name, message) for a message to a process-local
 #: channel whose reader lives in this process. Must not block, and must not change the
@@ -93,6 +96,8 @@ class BaseChannelLayer:
         self._warn_unconsumed = not self.crosses_processes
         #: The consumer pools of this process on this layer (see register_consumer_pool).
         self._consumer_pools: list[Any] = []
+        #: Callables whose keys global_statistics() adds (the delay service's counts).
+        self.statistics_sources: list[Callable[[], dict[str, float]]] = []
 
     # -- names -------------------------------------------------------------
 
@@ -187,12 +192,13 @@ class BaseChannelLayer:
 
     def get_capacity(self, channel: str) -> int:
         """The capacity of ``channel``: the first matching ``channel_capacity`` pattern,
-        else ``local_capacity`` for process-local queues, else ``capacity``."""
+        else ``local_capacity`` for process-local queues and asgi.delay, else ``capacity``."""
         try:
             return self._capacity_cache[channel]
         except KeyError:
             pass
-        value = self.local_capacity if channel.endswith("!") else self.capacity
+        shared = channel.endswith("!") or channel == DELAY_CHANNEL
+        value = self.local_capacity if shared else self.capacity
         for pattern, capacity in self.channel_capacity:
             if pattern.match(channel):
                 value = capacity
@@ -363,6 +369,13 @@ class BaseChannelLayer:
 
     def global_statistics(self) -> dict[str, float]:
         raise NotImplementedError
+
+    def extra_statistics(self) -> dict[str, float]:
+        """What ``statistics_sources`` add to ``global_statistics()``."""
+        extra: dict[str, float] = {}
+        for source in self.statistics_sources:
+            extra.update(source())
+        return extra
 
     def channel_statistics(self, channel: str) -> dict[str, float]:
         raise NotImplementedError

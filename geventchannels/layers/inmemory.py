@@ -430,7 +430,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         local, waited = self.local_backlog()
         age = max(now - oldest, waited)
         stats = self._statistics(self._sent, self._full, self._rate_mark, pending + local, age, now)
-        return stats
+        return {**stats, **self.extra_statistics()}
 
     def channel_statistics(self, channel: str) -> dict[str, float]:
         """Counters of one channel (a process-local name reports its shared queue), with

@@ -71,6 +71,15 @@ class RedisChannelLayer(BaseChannelLayer):
         self._drains: dict[str, gevent.Greenlet] = {}
         self._turn = 0
 
+    @property
+    def codec(self) -> stored.Codec:
+        """How this layer's messages become stored bytes and back (with its keys)."""
+        return self._codec
+
+    def shard_for(self, list_name: str) -> Shard:
+        """The shard that holds ``list_name`` (a channel, or a process-local prefix)."""
+        return self._shard_for(list_name)
+
     def _shard_for(self, list_name: str) -> Shard:
         """Rendezvous hashing: the shard whose hash with the name is highest, so adding a
         host moves only the channels that land on it."""
@@ -335,7 +344,7 @@ class RedisChannelLayer(BaseChannelLayer):
             for pending, head in replies:
                 totals["messages_pending"] += pending
                 totals["messages_max_age"] = max(totals["messages_max_age"], self._age(head))
-        return {**stored.counters({}, time.time()), **counted, **totals}
+        return {**stored.counters({}, time.time()), **counted, **totals, **self.extra_statistics()}
 
     def _age(self, head: bytes | None) -> float:
         if not head:

@@ -145,15 +145,19 @@ class Codec:
         packed = self._packer.pack(message)
         return self._crypter.encrypt(packed) if self._crypter else packed
 
+    def decode(self, payload: bytes) -> dict:
+        """The message in a payload; raises when it cannot be decrypted or read."""
+        if self._crypter:
+            payload = self._crypter.decrypt(payload)
+        return msgpack.unpackb(payload, raw=False)
+
     def read(self, list_name: str, item: bytes) -> tuple[list[str], dict] | None:
         """(channels, message) of a stored entry, or None when it expired or is unreadable."""
         try:
             expiry, channels, payload = open_entry(list_name, item)
             if expiry < time.time():
                 return None
-            if self._crypter:
-                payload = self._crypter.decrypt(payload)
-            return channels, msgpack.unpackb(payload, raw=False)
+            return channels, self.decode(payload)
         except Exception as error:  # one bad message must not stop receiving
             log.error(
                 "dropped an unreadable message on %s: %r (do all processes share the "

@@ -21,6 +21,8 @@ class Command(BaseCommand):
     help = "Runs consumers from a shared (Redis) channel layer in this process, as greenlets."
     #: The checks run in the patched process (see handle), where the gevent check passes.
     requires_system_checks = []
+    #: Why the layer must reach other processes: an in-memory one is refused with it.
+    needs_shared_layer = "runworker takes the messages that server processes send"
 
     def add_arguments(self, parser):
         parser.add_argument(
@@ -69,9 +71,7 @@ class Command(BaseCommand):
         errors, _ = startup_report(alias)
         if errors:
             raise CommandError("\n".join(errors))
-        unshared = unshared_layer_error(
-            alias, "runworker takes the messages that server processes send"
-        )
+        unshared = unshared_layer_error(alias, self.needs_shared_layer)
         if unshared:
             raise CommandError(unshared)
         if not serving:
