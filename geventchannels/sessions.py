@@ -165,11 +165,13 @@ def delete_channel_session(reply_channel: str) -> None:
 
 
 def socket_closed(message: Message) -> None:
-    """For the consumer pool, after the consumers of a ``websocket.disconnect`` ran: the
-    socket's channel session is deleted, even when no consumer of that message was
-    decorated (nothing is done when this process never decorated a consumer)."""
+    """For the consumer pool, after the consumer of a ``websocket.disconnect`` returned or
+    raised (not ConsumeLater): the socket's channel session is deleted, even when that
+    consumer was not decorated. Nothing is done when this process never decorated a
+    consumer, or when enforce_ordering parked the message for later."""
     reply = message.content.get("reply_channel")
-    if _decorated and type(reply) is str and "_channel_session_deleted" not in message.__dict__:
+    done = "_channel_session_deleted" in message.__dict__ or _parked(message)
+    if _decorated and type(reply) is str and not done:
         delete_channel_session(reply)
 
 

@@ -203,6 +203,22 @@ def test_socket_closed_deletes_the_session_when_no_disconnect_consumer_is_decora
     assert cache.get(reply) is None
 
 
+def test_socket_closed_keeps_the_session_of_a_disconnect_waiting_for_its_turn(layer):
+    from geventchannels.sessions import enforce_ordering, socket_closed
+
+    reply = new_reply()
+
+    @enforce_ordering
+    def consumer(message):
+        message.channel_session["ran"] = message["order"]
+
+    consumer(message(layer, "websocket.connect", reply, 0))
+    early = message(layer, "websocket.disconnect", reply, 2, code=1000)
+    consumer(early)  # message 1 has not run: the disconnect waits
+    socket_closed(early)
+    assert stored(reply) == {"ran": 0, "__channels_next_order": 1}
+
+
 @pytest.mark.parametrize("how", ["deny", "close", "accept-false"])
 def test_a_refused_handshake_leaves_no_session(layer, how):
     reply = new_reply()
