@@ -140,7 +140,11 @@ def run(args: argparse.Namespace, scratch: Path) -> int:
         wrk=wrk_path,
         server_cpus="0" if pin else None,
         client_cpus="1" if pin else None,
-        redis_binary=environment.redis_server() if "broadcast_redis" in args.workloads else None,
+        redis_binary=(
+            environment.redis_server()
+            if {"broadcast_redis", "delay"} & set(args.workloads)
+            else None
+        ),
     )
     if args.profile:
         ctx.profile = profiler(anchors.parent / "py-spy", args.out, logs)

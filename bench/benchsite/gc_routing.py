@@ -5,6 +5,7 @@ decorators. /hello/ and /db/ are not routed, so they take the
 server's WSGI fast path straight into Django.
 """
 
+from benchsite.delays import DELAYED, fired
 from geventchannels import Group
 from geventchannels.auth import channel_session_user, channel_session_user_from_http
 from geventchannels.routing import route
@@ -69,4 +70,5 @@ channel_routing = [
     route("http.request", park, path=r"^/poll/$"),
     route("http.request", poll_count, path=r"^/poll-count/$"),
     route("http.request", fire, path=r"^/fire/$"),
+    route(DELAYED, fired),
 ]

@@ -43,6 +43,7 @@ SYSTEMS = {
                     "broadcast_redis",
                     "idle",
                     "longpoll",
+                    "delay",
                 }
             ),
         ),

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import procs
+from harness.delayed import delay
 from harness.loadgen import Node, latency_ms, wrk
 from harness.systems import Server
 
@@ -28,6 +29,16 @@ FULL = {
     "broadcast_redis": {"sockets": 1000, "messages": 200, "deadline": 30},
     "idle": {"sockets": 10000},
     "longpoll": {"requests": 2000, "deadline": 30},
+    "delay": {
+        "messages": 100_000,
+        "min_s": 1,
+        "max_s": 10,
+        "echo_connections": 20,
+        "echo_pause_ms": 20,
+        "idle_s": 5,
+        "firing_s": 12,
+        "deadline": 120,
+    },
 }
 QUICK = {
     "http": {"connections": 10, "seconds": 1, "warmup": 0.3},
@@ -39,6 +50,16 @@ QUICK = {
     "broadcast_redis": {"sockets": 50, "messages": 20, "deadline": 10},
     "idle": {"sockets": 200},
     "longpoll": {"requests": 100, "deadline": 10},
+    "delay": {
+        "messages": 2000,
+        "min_s": 0.5,
+        "max_s": 2,
+        "echo_connections": 5,
+        "echo_pause_ms": 20,
+        "idle_s": 1,
+        "firing_s": 2,
+        "deadline": 60,
+    },
 }
 LOCAL_ADDRESSES = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"]
 #: Tries per socket when a server refuses a handshake (503 under a burst), like a reconnecting client.
@@ -517,5 +538,27 @@ WORKLOADS = [
             ("server_cpu_pct", "server CPU %"),
         ),
         longpoll,
+    ),
+    Workload(
+        "delay",
+        "Delayed messages: 1-10 s delays on Redis, 2 processes, while serving echo",
+        "delay",
+        "late_p99_ms",
+        False,
+        (
+            ("delivered", "delivered"),
+            ("missing", "missing"),
+            ("duplicates", "twice"),
+            ("early", "early"),
+            ("late_p50_ms", "late p50 ms"),
+            ("late_p99_ms", "late p99 ms"),
+            ("late_max_ms", "late max ms"),
+            ("scheduled_per_s", "scheduled/s"),
+            ("echo_idle_p99_ms", "echo p99 idle ms"),
+            ("echo_firing_p99_ms", "echo p99 firing ms"),
+            ("echo_p99_ratio", "echo p99 ratio"),
+            ("servers_cpu_pct", "servers CPU %"),
+        ),
+        delay,
     ),
 ]

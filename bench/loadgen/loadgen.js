@@ -312,7 +312,9 @@ async function echoWorker(cfg) {
         wrongReply = wrongReply || `expected ${JSON.stringify(ws.expected)}, got ${JSON.stringify(String(data))}`;
       }
       if (measuring) { count++; hist.add(usSince(t0)); }
-      if (!stopped) { t0 = nowNs(); ws.send(payload); }
+      // cfg.pause_ms (the delay workload): each socket waits that long between messages.
+      const next = () => { if (!stopped) { t0 = nowNs(); ws.send(payload); } };
+      if (cfg.pause_ms) setTimeout(next, cfg.pause_ms); else next();
     });
     ws.on('close', () => { if (!stopped) errors++; });
     ws.send(payload);
