@@ -76,11 +76,13 @@ class ConsumerCalls:
             return
         consumer, kwargs = match
         message = Message(content, channel, self.layer)
+        later = False
         start_buffering()
         try:
             send_consumer_started(self.sender)
             consumer(message, **kwargs)
         except ConsumeLater:
+            later = True
             discard_buffered()
             self._consume_later(channel, content, offered)
         except ChannelSocketException as error:
@@ -106,6 +108,21 @@ class ConsumerCalls:
                 logger.exception(
                     "a consumer_finished receiver failed after %s", self.name(consumer)
                 )
+            if channel == "websocket.disconnect" and not later:
+                self._socket_closed(message)
+
+    @staticmethod
+    def _socket_closed(message: Message) -> None:
+        """The socket's channel session goes with it, whether or not its disconnect
+        consumer used one (sessions.socket_closed knows when there is nothing to do)."""
+        from .sessions import socket_closed
+
+        try:
+            socket_closed(message)
+        except Exception:
+            logger.exception(
+                "deleting the channel session of %s failed", message.content.get("reply_channel")
+            )
 
     def _consume_later(self, channel: str, content: dict, offered: bool) -> None:
         retries = content.get(RETRIES_KEY, 0) + 1

@@ -366,6 +366,26 @@ def test_channel_and_http_session_keeps_the_http_session_for_later_frames(layer)
 # -- through the server ----------------------------------------------------------------------
 
 
+def test_the_pool_deletes_the_session_of_a_socket_whose_disconnect_nobody_decorated():
+    """Only the connect consumer uses a channel session, the disconnect goes to the
+    default (ignoring) consumer: the session still goes with the socket."""
+
+    @channel_session
+    def connect(message):
+        message.channel_session["room"] = "lobby"
+        message.reply_channel.send({"text": message.reply_channel.name})
+
+    with live_server([route("websocket.connect", connect)]) as server:
+        ws = websocket.create_connection(server.ws_url + "/", timeout=10)
+        reply = ws.recv()
+        assert stored(reply) == {"room": "lobby"}
+        ws.close()
+        deadline = time.monotonic() + 10
+        while stored(reply) is not None:
+            assert time.monotonic() < deadline, "the channel session outlived its socket"
+            gevent.sleep(0.02)
+
+
 def test_a_value_written_on_connect_is_read_back_on_receive_and_gone_after_disconnect():
     @channel_session
     def connect(message):
