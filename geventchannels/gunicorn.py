@@ -148,6 +148,8 @@ class Worker(GeventPyWSGIWorker):
 
         logger = logging.getLogger("geventchannels")
         if logger.handlers or logging.getLogger().handlers:
+            if logger.level == logging.NOTSET:
+                logger.setLevel(logging.INFO)
             return
         error_log = getattr(self.log, "error_log", None)
         if error_log is None:

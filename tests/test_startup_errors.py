@@ -90,3 +90,24 @@ def test_runserver_refuses_a_port_out_of_range_like_serve(address):
 def test_a_bad_command_line_value_is_refused_by_the_parser():
     serve = [str(BIN / "geventchannels"), "serve", "rmproject.wsgi", "--http-timeout", "-1"]
     assert_stops_with(serve, {}, "'-1' is not a number of seconds greater than 0")
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("mode", ["runserver", "runserver --noreload", "serve", "gunicorn"])
+def test_every_serving_run_mode_names_the_channels_its_pool_listens_on(mode):
+    port = free_port()
+    with ServerProcess(run_modes(port)[mode], port) as server:
+        server.wait_output("consumers on: ")
+        line = next(line for line in server.output.splitlines() if "consumers on: " in line)
+        assert "websocket.connect" in line and "websocket.receive" in line, line
+        assert server.stop() == 0
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(60)
+def test_runworker_names_the_channels_its_pool_listens_on(redis_url):
+    with ServerProcess(manage("runworker"), None, {"RM_REDIS_URL": redis_url}) as worker:
+        worker.wait_output("consumers on: ")
+        line = next(line for line in worker.output.splitlines() if "consumers on: " in line)
+        assert "websocket.receive" in line, line
+        assert worker.stop() == 0

@@ -102,7 +102,7 @@ class Command(BaseCommand):
             raise CommandError(str(error)) from error
         self.stdout.write(
             f"Running {worker.concurrency} consumer greenlets on channel layer "
-            f"{wrapper.alias!r} ({type(wrapper.channel_layer).__name__}), channels: "
+            f"{wrapper.alias!r} ({type(wrapper.channel_layer).__name__}), consumers on: "
             f"{', '.join(worker.channels)}\nStop with CONTROL-C or SIGTERM."
         )
         self.stdout.flush()
