@@ -124,9 +124,9 @@ def test_checks_run_with_manage_py_check():
 
 
 def test_every_check_id_is_documented():
-    from geventchannels import conf
+    from geventchannels.settings_page import markdown
 
-    page = conf.markdown()
+    page = markdown()
     for ident in CHECKS:
         assert f"`{ident}`" in page
 
