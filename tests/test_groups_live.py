@@ -308,8 +308,10 @@ def test_memberships_added_by_another_process_leave_with_the_socket(redis_url):
         Group(ROOM, channel_layer=worker).discard("gc.owner!ws2")
         assert len(events(worker, 2)) == 2
         wait_until(
-            lambda: owner.memberships.groups == {"gc.owner!ws1": {ROOM}}
-            and set(owner.memberships.tracked) == channels
+            lambda: (
+                owner.memberships.groups == {"gc.owner!ws1": {ROOM}}
+                and set(owner.memberships.tracked) == channels
+            )
         )
 
         channels.discard("gc.owner!ws1")
