@@ -189,7 +189,35 @@ SETTINGS: tuple[Setting, ...] = (
         "HTTP",
         20_000,
         positive_int,
-        "Open sockets per process; a connection above it gets 503 and is closed.",
+        "Open sockets per process (under gunicorn, its --worker-connections). A new one "
+        "above it takes the slot of the connection that has waited longest for a request "
+        "head; when none waits, it gets 503 and is closed.",
+        SERVING,
+    ),
+    Setting(
+        "HTTP_HEAD_TIMEOUT",
+        "HTTP",
+        10.0,
+        seconds,
+        "Seconds a request head may take to arrive: from the accept for the first request, "
+        "from its first byte for a keep-alive one. Then 408 and the connection is closed.",
+        SERVING,
+    ),
+    Setting(
+        "HTTP_KEEPALIVE_TIMEOUT",
+        "HTTP",
+        5.0,
+        seconds,
+        "Seconds an idle keep-alive connection may wait for its next request; then it is closed.",
+        SERVING,
+    ),
+    Setting(
+        "HTTP_MAX_HEAD_SIZE",
+        "HTTP",
+        65_536,
+        positive_int,
+        "Bytes of one request head (request line, headers, the empty line); a larger one "
+        "gets 431. Also bounds a chunked body's trailer section.",
         SERVING,
     ),
     # WebSocket

@@ -7,14 +7,20 @@ routed HTTP with ChannelsHandler next to the project's normal WSGI application.
 
 Life cycle, as gunicorn defines it:
 
-- TERM: stop accepting, close WebSockets with 1001, let in-flight requests and consumers
-  finish within gunicorn's ``--graceful-timeout``, exit;
+- TERM: stop accepting, close WebSockets with 1001, let every open HTTP connection finish
+  within gunicorn's ``--graceful-timeout`` (a head still arriving, an upload, a request
+  sent meanwhile on a keep-alive connection: each is served, with ``Connection: close``;
+  an idle keep-alive connection is closed at its HTTP_KEEPALIVE_TIMEOUT), let the
+  consumers finish, exit;
 - HUP (reload): gunicorn starts new workers and sends TERM to the old ones, which close
   their WebSockets with 1012 (service restart) instead, so clients reconnect at once;
 - ``--max-requests``: counted on HTTP requests (gunicorn's pywsgi worker does not), the
   worker then leaves like on a reload (1012);
 - QUIT / INT (gunicorn's quick shutdown, e.g. Ctrl-C): WebSockets still get a 1001 close
   frame, nothing waits;
+- ``--worker-connections`` is the worker's MAX_CONNECTIONS: above it a new client takes the
+  slot of a connection waiting for a request head, or gets 503 at once (never a hang in
+  the listen backlog);
 - the heartbeat to the arbiter keeps beating while only WebSockets are open or while the
   worker stops, so ``--timeout`` only catches a blocked worker.
 
@@ -27,6 +33,7 @@ from __future__ import annotations
 import mmap
 import struct
 import sys
+from typing import Any
 
 import gevent
 from gevent.pool import Pool
@@ -80,7 +87,11 @@ def _access_log_enabled(log) -> bool:
 class Worker(GeventPyWSGIWorker):
     """A gunicorn gevent worker serving HTTP, WebSockets and consumers."""
 
-    channels_app = None
+    channels_app: Any = None
+    # Set by gunicorn's base worker (untyped there).
+    sockets: list[Any]
+    wsgi: Any
+    alive: bool
 
     @classmethod
     def setup(cls) -> None:
@@ -180,7 +191,10 @@ class Worker(GeventPyWSGIWorker):
     def make_channels_app(self):
         from .server import ChannelsApplication
 
-        app = ChannelsApplication(self.wsgi)
+        # gunicorn's --worker-connections is the process's MAX_CONNECTIONS: counted by the
+        # application (which answers 503 above it) rather than by a bounded pool, whose
+        # accept loop would stop and leave new clients hanging in the listen backlog.
+        app = ChannelsApplication(self.wsgi, overrides={"MAX_CONNECTIONS": self.worker_connections})
         if self.cfg.workers > 1 and not app.layer.crosses_processes:
             self.log.warning(
                 "geventchannels: %d gunicorn workers share the in-memory channel layer, which "
@@ -206,7 +220,7 @@ class Worker(GeventPyWSGIWorker):
                 listener,
                 self.wsgi,
                 channels_app=self.channels_app,
-                spawn=Pool(self.worker_connections),
+                spawn=Pool(),
                 log=self.log,
                 handler_class=handler_class,
                 environ=environ,

@@ -168,3 +168,25 @@ def test_websockets_work_over_a_unix_socket_bind(tmp_path):
         finally:
             ws.close()
         assert server.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_at_worker_connections_a_new_client_gets_503_at_once():
+    """gunicorn's --worker-connections is the worker's MAX_CONNECTIONS: with every slot
+    held by a WebSocket, a new client is answered 503 at once instead of waiting in the
+    listen backlog for a slot."""
+    port = free_port()
+    with ServerProcess(gunicorn(port, "-w", "1", "--worker-connections", "3"), port) as server:
+        server.wait_listening()
+        server.wait_until(lambda: worker_pid(port), what="a patched worker")
+        sockets = [ws_connect(port) for _ in range(3)]
+        for ws in sockets:
+            ws_echo(ws, "holding a slot")
+        started = time.monotonic()
+        assert http_get(port, "/hello/")[0] == 503
+        assert time.monotonic() - started < 2
+        sockets.pop().close()
+        server.wait_until(lambda: http_get(port, "/hello/")[0] == 200, what="a free slot")
+        for ws in sockets:
+            ws.close()
+        assert server.stop() == 0

@@ -20,6 +20,7 @@ from gevent.lock import Semaphore
 
 from ..exceptions import ChannelFull
 from .config import ServerConfig
+from .heads import WaitingHeads
 from .interfaces import Endpoint, TrackedSocket
 
 if TYPE_CHECKING:
@@ -83,6 +84,10 @@ class ChannelsApplication:
         self._endpoints: dict[str, Endpoint] = {}
         self._websockets: dict[TrackedSocket, None] = {}
         self.connections = 0
+        #: HTTP connections blocked reading a request head (deadlines, eviction).
+        self.waiting_heads = WaitingHeads(
+            min(self.config.http_head_timeout, self.config.http_keepalive_timeout)
+        )
         self.requests_in_flight = 0
         self.started = False
         self.stopping = False
@@ -112,10 +117,17 @@ class ChannelsApplication:
         if ChannelsApplication.current is None:
             ChannelsApplication.current = self
 
-    def stop(self, grace: float | None = None, close_code: int = 1001) -> None:
+    def stop(
+        self,
+        grace: float | None = None,
+        close_code: int = 1001,
+        keepalive_grace: float | None = None,
+    ) -> None:
         """Close WebSockets with ``close_code`` (1001 going away, 1012 service restart),
-        wait up to ``grace`` seconds (GRACEFUL_TIMEOUT) for them and in-flight HTTP
-        requests, then stop the consumers. Stopping the listener is the caller's job."""
+        wait up to ``grace`` seconds (GRACEFUL_TIMEOUT) for them and every open HTTP
+        connection (a request in any phase; an idle keep-alive one until its timeout, or
+        for ``keepalive_grace`` seconds at most: 0 closes idle ones at once), then stop
+        the consumers. Stopping the listener is the caller's job."""
         if not self.started:
             return
         if grace is None:
@@ -125,6 +137,8 @@ class ChannelsApplication:
         for connection in list(self._websockets):
             connection.close(close_code)
         self._idle.wait(max(0.0, deadline - time.monotonic()))
+        if keepalive_grace is not None:
+            self.waiting_heads.hurry_idle(time.monotonic() + keepalive_grace)
         for connection in list(self._websockets):
             connection.abort()
         if self.worker is not None:
@@ -146,10 +160,12 @@ class ChannelsApplication:
 
     def connection_closed(self) -> None:
         self.connections -= 1
+        self._idle.clear()
 
     def request_started(self) -> None:
         self.requests_in_flight += 1
         self._idle.clear()
+        self._check_idle()
 
     def request_finished(self) -> None:
         self.requests_in_flight -= 1
@@ -164,7 +180,7 @@ class ChannelsApplication:
         self._check_idle()
 
     def _check_idle(self) -> None:
-        if not self.requests_in_flight and not self._websockets:
+        if not self.requests_in_flight and not self._websockets and not self.connections:
             self._idle.set()
 
     @property

@@ -1,16 +1,22 @@
-"""The per-socket handler: pywsgi's, plus WebSocket upgrades, routed HTTP and limits.
+"""The per-socket handler: pywsgi's, plus strict HTTP/1.1 framing, WebSocket upgrades,
+routed HTTP and limits.
 
 ``ChannelsHandler`` is a ``gevent.pywsgi.WSGIHandler`` that runs the WSGI application
 as pywsgi does (the fast path), with pywsgi's per-request costs cut where a request spends
-them: the head is parsed by ``read_headers`` instead of the ``email`` package, the environ
-is built straight from it, the Date header is formatted once a second, a small body leaves
+them: the head is read whole from the buffer when it is there and parsed by http11.py
+(RFC 9112, strictly: see that module) instead of the ``email`` package, the environ is
+built straight from it, the Date header is formatted once a second, a small body leaves
 in the same send() as the head, and each keep-alive connection takes its turn after a
 response instead of holding the process while its client keeps up. Besides,
 
 - it sets TCP_NODELAY on the accepted socket,
+- a head must arrive within HTTP_HEAD_TIMEOUT and HTTP_MAX_HEAD_SIZE, an idle keep-alive
+  connection is closed after HTTP_KEEPALIVE_TIMEOUT (heads.py),
+- at MAX_CONNECTIONS a new connection takes the slot of the one that has waited longest
+  for a head, or gets 503 at once when none waits,
 - a ``GET`` with ``Upgrade: websocket`` becomes a WebSocket connection (``websocket.py``),
 - a request an ``http.request`` route claims goes through the channel layer (``http.py``),
-- above MAX_CONNECTIONS open sockets a request gets 503,
+- while the server stops, requests are still read and served, with ``Connection: close``,
 - access log lines go to the ``geventchannels.server.access`` logger.
 
 It finds its :class:`ChannelsApplication` as ``server.channels_app`` (else the one started
@@ -33,123 +39,46 @@ that signature (``application`` positional, ``channels_app`` keyword).
 from __future__ import annotations
 
 import logging
+import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
-from gevent import get_hub, pywsgi
+import gevent
+from gevent import get_hub, getcurrent, pywsgi
 
+from ..logs import Tally
 from .app import ChannelsApplication
+from .body import RequestBody
+from .heads import HeadTimeout, read_head
 from .http import RoutedRequest, claiming_route, request_message
+from .http11 import Head, HeadError, RequestHeaders, parse_head
 from .proxy import forwarded
 from .responses import plain_response
 from .sockets import set_nodelay
 from .websocket import WebSocketConnection
 
+__all__ = ["ChannelsHandler", "ChannelsWSGIServer", "RequestHeaders"]
+
 access_log = logging.getLogger("geventchannels.server.access")
 error_log = logging.getLogger("geventchannels.server")
 
 _BUSY = plain_response(503, "Server busy: too many open connections.\r\n")
+_HEAD_TIMEOUT = plain_response(408, "The request head did not arrive in time.\r\n")
+#: Seconds a connection refused at MAX_CONNECTIONS is kept to read what the client sends,
+#: so that closing it does not reset the connection before the client reads the 503.
+REFUSAL_LINGER = 1.0
 
+_refused = Tally(
+    "%d connection(s) answered 503: MAX_CONNECTIONS (%d) open and none waiting for a request head.",
+    error_log,
+)
+_bad_heads = Tally("%d request(s) refused (latest: %d from %s: %s)", error_log)
 
-#: Limits of the request head, as http.client (which pywsgi uses) has them.
-MAX_HEADER_LINE = 65536
-MAX_HEADERS = 100
 #: The pause after a keep-alive response: a timer waits for the event loop's next poll,
 #: so every connection that is ready meanwhile is served first (sleep(0) does not poll).
 _TURN = 1e-6
 #: Bodies up to this size leave in the same send() as the response head.
 COALESCE_LIMIT = 65536
-_END_OF_HEAD = (b"\r\n", b"\n", b"")
-_KNOWN_VERSIONS = ("HTTP/1.1", "HTTP/1.0")
-
-
-class RequestHeaders:
-    """The request's headers as sent (names as spelled, duplicates in order). Lookups
-    ignore case and give the first value, like the ``email.message.Message`` pywsgi
-    builds, which costs several times as much to parse and to query."""
-
-    __slots__ = ("_items", "_first", "status")
-
-    def __init__(self, items: list[tuple[str, str]] | None = None):
-        self._items = items if items is not None else []
-        first: dict[str, str] = {}
-        for name, value in self._items:
-            first.setdefault(name.lower(), value)
-        self._first = first
-        self.status = ""
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return self._first.get(name.lower(), default)
-
-    getheader = get
-
-    def __getitem__(self, name: str) -> str | None:
-        return self._first.get(name.lower())
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._first
-
-    def __delitem__(self, name: str) -> None:
-        lower = name.lower()
-        self._items = [(n, v) for n, v in self._items if n.lower() != lower]
-        self._first.pop(lower, None)
-
-    def get_all(self, name: str, failobj: Any = None) -> Any:
-        lower = name.lower()
-        return [v for n, v in self._items if n.lower() == lower] or failobj
-
-    def items(self) -> list[tuple[str, str]]:
-        return list(self._items)
-
-    def keys(self) -> list[str]:
-        return [n for n, _ in self._items]
-
-    def values(self) -> list[str]:
-        return [v for _, v in self._items]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.keys())
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    @property
-    def typeheader(self) -> str | None:
-        return self._first.get("content-type")
-
-    @property
-    def headers(self) -> list[str]:
-        return [f"{n}: {v}\r\n" for n, v in self._items]
-
-
-def read_headers(rfile: Any) -> RequestHeaders:
-    """Parse the header lines after the request line, up to the empty line.
-
-    Raises ValueError (pywsgi answers 400) for an over-long line, too many headers, a line
-    without a colon or a name with spaces (``Content-Length : 5`` is how smuggling starts).
-    Folded continuation lines are joined to the header they continue."""
-    readline = rfile.readline
-    items: list[tuple[str, str]] = []
-    while True:
-        line = readline(MAX_HEADER_LINE + 1)
-        if line in _END_OF_HEAD:
-            return RequestHeaders(items)
-        if len(line) > MAX_HEADER_LINE:
-            raise ValueError("a request header line is longer than 65536 bytes")
-        text = line.decode("latin-1")
-        if text[0] in " \t":
-            if not items:
-                raise ValueError("the request headers start with a continuation line")
-            name, value = items[-1]
-            items[-1] = (name, f"{value} {text.strip()}")
-            continue
-        name, colon, value = text.partition(":")
-        if not colon or not name or " " in name or "\t" in name:
-            raise ValueError(f"malformed request header line {text.rstrip()!r}")
-        if len(items) >= MAX_HEADERS:
-            raise ValueError(f"more than {MAX_HEADERS} request headers")
-        items.append((name, value.strip()))
 
 
 #: Header name -> its environ key (None for names with "_", which pywsgi drops too).
@@ -195,11 +124,19 @@ def apply_proxy_headers(environ: dict, headers: RequestHeaders) -> None:
         environ["wsgi.url_scheme"] = "https" if secure else "http"
 
 
+def _peer(address: Any) -> str:
+    return "{}:{}".format(*address[:2]) if isinstance(address, tuple) else str(address)
+
+
 class ChannelsHandler(pywsgi.WSGIHandler):
-    _admitted = True
     _app: ChannelsApplication | None = None
     _routed: RoutedRequest | None = None
     _turn: Any = None
+    _chunked = False
+    #: A request was served on this connection (the next head is a keep-alive one).
+    _served = False
+    #: Some of the current head has arrived.
+    head_started = False
     headers = RequestHeaders()
     # Set by pywsgi (status: bytes once start_response ran, str on the 503 shortcut).
     status: Any
@@ -224,52 +161,126 @@ class ChannelsHandler(pywsgi.WSGIHandler):
 
     def handle(self) -> None:
         app = self._app = self.channels_app
-        self._admitted = app.connection_opened()
+        self.greenlet = getcurrent()
+        self._accepted = time.monotonic()
+        if not app.connection_opened() and not app.waiting_heads.evict_oldest():
+            app.connection_closed()
+            self._refuse(app.config.max_connections)
+            return
         try:
             super().handle()
         finally:
+            app.waiting_heads.done(self)
             app.connection_closed()
             if self._turn is not None:
                 self._turn.close()
                 self._turn = None
 
-    # -- parsing: the request head and the environ, without pywsgi's email parser ------
+    def _refuse(self, limit: int) -> None:
+        """Answer 503 before reading anything, then close without resetting the
+        connection under the client's feet."""
+        _refused.add(limit)
+        sock = self.socket
+        try:
+            with gevent.Timeout(REFUSAL_LINGER, False):
+                sock.sendall(_BUSY)
+                sock.shutdown(socket.SHUT_WR)
+                while sock.recv(65536):
+                    pass
+        except OSError:
+            pass
+        finally:
+            self.rfile.close()
+            sock.close()
+            self.__dict__.pop("socket", None)
+            self.__dict__.pop("rfile", None)
 
-    def read_request(self, raw_requestline: str) -> bool:
-        self.requestline = requestline = raw_requestline.rstrip()
-        words = requestline.split()
-        if len(words) == 3:
-            self.command, self.path, self.request_version = words
-            if words[2] not in _KNOWN_VERSIONS and not self._check_http_version():
-                raise ValueError(f"Invalid http version: {raw_requestline!r}")
-        elif len(words) == 2 and words[0] == "GET":
-            self.command, self.path = words
-            self.request_version = "HTTP/0.9"
-        else:
-            raise ValueError(f"Invalid HTTP request line: {raw_requestline!r}")
+    # -- reading: the request head, within its deadline and size ----------------------
 
-        headers = self.headers = read_headers(self.rfile)
-        first = headers._first
-        if "content-length" in first and first.get("transfer-encoding", "").lower() == "chunked":
-            del headers["content-length"]
-        declared = first.get("content-length")
-        length = None
-        if declared is not None:
-            length = int(declared)
-            if length < 0:
-                raise ValueError(f"Invalid Content-Length: {length!r}")
-            if length and self.command == "HEAD":
-                raise ValueError("Unexpected Content-Length")
-        self.content_length = length
-
-        version = self.request_version
-        if version == "HTTP/1.1":
-            self.close_connection = first.get("connection", "").lower() == "close"
-        elif version == "HTTP/1.0":
-            self.close_connection = first.get("connection", "close").lower() != "keep-alive"
-        else:
-            self.close_connection = True
+    def handle_one_request(self) -> Any:
+        """Read and answer one request; None when the connection is to be closed, True
+        to read the next one (pywsgi's ``handle`` loop)."""
+        if self.rfile.closed:
+            return None
+        try:
+            data = self._read_head()
+            if data is None:
+                return None
+            head = parse_head(data)
+        except HeadTimeout:
+            if self.head_started:
+                self._send_quietly(_HEAD_TIMEOUT)
+            return None
+        except HeadError as error:
+            self._refuse_head(error)
+            return None
+        except OSError:
+            return None
+        self._take(head)
+        self.response_length = 0
+        self.environ = self.get_environ()
+        self.application = self.server.application
+        self.handle_one_response()
+        if self.close_connection or self.rfile.closed:
+            return None
+        self._served = True
+        # A keep-alive client that answers at once would otherwise have its next
+        # request read and served right away, again and again, while the other
+        # connections wait: one turn each keeps the slowest responses near the average.
+        hub = get_hub()
+        if self._turn is None:
+            self._turn = hub.loop.timer(_TURN)
+        hub.wait(self._turn)
         return True
+
+    def _read_head(self) -> bytes | None:
+        """The head's bytes; None when the client closed the connection first."""
+        config = self._app.config  # type: ignore[union-attr]
+        waiting = self._app.waiting_heads  # type: ignore[union-attr]
+        self.head_started = False
+        if self._served:
+            waiting.wait(self, time.monotonic() + config.http_keepalive_timeout)
+        else:
+            waiting.wait(self, self._accepted + config.http_head_timeout)
+        try:
+            buffered = self.rfile.peek(1)
+            if not buffered:
+                return None
+            self.head_started = True
+            if self._served and b"\r\n\r\n" not in buffered:
+                waiting.wait(self, time.monotonic() + config.http_head_timeout)
+            return read_head(self.rfile, config.http_max_head_size, buffered)
+        finally:
+            waiting.done(self)
+
+    def _take(self, head: Head) -> None:
+        self.command = head.method
+        self.path = head.target
+        self.request_version = head.version
+        self.headers = head.headers
+        self.content_length = head.content_length
+        self._chunked = head.chunked
+        if head.chunked and "content-length" in head.headers._first:
+            del head.headers["content-length"]
+        self.close_connection = head.close or self._app.stopping  # type: ignore[union-attr]
+
+    def _refuse_head(self, error: HeadError) -> None:
+        self.close_connection = True
+        _bad_heads.add(error.status, _peer(self.client_address), error.reason)
+        self._send_quietly(plain_response(error.status, f"{error.reason}\n"))
+
+    def _handle_client_error(self, ex: BaseException) -> Any:
+        # pywsgi's hook for a body that breaks the framing (body.py): counted, not logged
+        # once per request. pywsgi then answers 400 if it can and closes the connection.
+        self.close_connection = True
+        _bad_heads.add(400, _peer(self.client_address), str(ex) or type(ex).__name__)
+        return ("400", b"")
+
+    def _send_quietly(self, data: bytes) -> None:
+        try:
+            self.socket.sendall(data)
+        except OSError:
+            pass
 
     def get_environ(self) -> dict:
         env = self.server.get_environ()
@@ -283,9 +294,8 @@ class ChannelsHandler(pywsgi.WSGIHandler):
         content_type = first.get("content-type")
         if content_type is not None:
             env["CONTENT_TYPE"] = content_type
-        length = first.get("content-length")
-        if length:
-            env["CONTENT_LENGTH"] = length
+        if self.content_length is not None:
+            env["CONTENT_LENGTH"] = str(self.content_length)
         env["SERVER_PROTOCOL"] = self.request_version
         address = self.client_address
         if isinstance(address, tuple):
@@ -300,14 +310,16 @@ class ChannelsHandler(pywsgi.WSGIHandler):
             else:
                 env[key] = value
 
-        expect_continue = env.get("HTTP_EXPECT") == "100-continue"
-        chunked = env.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked"
-        self.wsgi_input = pywsgi.Input(
+        expect_continue = env.get("HTTP_EXPECT", "").lower() == "100-continue"
+        config = self._app.config  # type: ignore[union-attr]
+        body = self.wsgi_input = RequestBody(
             self.rfile,
             self.content_length,
-            socket=self.socket if expect_continue else None,
-            chunked_input=chunked,
+            self.socket if expect_continue else None,
+            self._chunked,
         )
+        if self._chunked:
+            body.trailer_limit = config.http_max_head_size
         # An upgrade request has neither a length nor chunks: its stream is the socket's.
         upgrade = (
             first.get("connection", "").lower() == "upgrade"
@@ -315,40 +327,14 @@ class ChannelsHandler(pywsgi.WSGIHandler):
         )
         env["wsgi.input"] = self.rfile if upgrade else self.wsgi_input
         env["wsgi.input_terminated"] = not upgrade
-
-        app = self._app or self._find_app()
-        if app is not None and app.config.proxy_headers:
+        if config.proxy_headers:
             apply_proxy_headers(env, headers)
         return env
 
     # -- one request -----------------------------------------------------------------
 
-    def handle_one_request(self) -> Any:
-        result = super().handle_one_request()
-        if result is True:
-            # A keep-alive client that answers at once would otherwise have its next
-            # request read and served right away, again and again, while the other
-            # connections wait: one turn each keeps the slowest responses near the average.
-            hub = get_hub()
-            if self._turn is None:
-                self._turn = hub.loop.timer(_TURN)
-            hub.wait(self._turn)
-        return result
-
     def handle_one_response(self) -> None:
         app = self._app or self.channels_app
-        if not self._admitted:
-            self.close_connection = True
-            self.time_start = time.time()
-            try:
-                self.socket.sendall(_BUSY)
-            except OSError:
-                pass
-            self.code = 503
-            self.status = "503 Service Unavailable"
-            self.time_finish = time.time()
-            self.log_request()
-            return
         if self._wants_websocket():
             self.close_connection = True
             try:
@@ -389,6 +375,13 @@ class ChannelsHandler(pywsgi.WSGIHandler):
         if self.provided_date is None:
             self.response_headers.append((b"Date", _HttpDate.now()))
             self.provided_date = "added"  # so pywsgi does not format another one
+        if self._app.stopping:  # type: ignore[union-attr]
+            self.close_connection = True
+        if self.close_connection and self.request_version == "HTTP/1.1":
+            # Say so when this response ends the connection (server stopping, a request
+            # framed by both Content-Length and Transfer-Encoding, ...).
+            if not any(name.lower() == b"connection" for name, _ in self.response_headers):
+                self.response_headers.append((b"Connection", b"close"))
         super().finalize_headers()
 
     def _write_with_headers(self, data: Any) -> None:
@@ -455,3 +448,19 @@ class ChannelsWSGIServer(pywsgi.WSGIServer):
         kwargs.setdefault("error_log", error_log)
         super().__init__(listener, application, **kwargs)
         self.channels_app = channels_app
+
+    def wrap_socket_and_handle(self, client_socket: Any, address: Any) -> Any:
+        """TLS: the handshake gets HTTP_HEAD_TIMEOUT too, so a client that opens a
+        connection and never says hello does not hold it for good."""
+        app = self.channels_app or ChannelsApplication.current
+        timeout = app.config.http_head_timeout if app is not None else None
+        try:
+            with gevent.Timeout(timeout):
+                tls_socket = self.wrap_socket(client_socket, **self.ssl_args)
+        except (gevent.Timeout, OSError):
+            client_socket.close()
+            return None
+        try:
+            return self.handle(tls_socket, address)
+        finally:
+            tls_socket.close()

@@ -154,7 +154,7 @@ class LiveServer:
             self.errors.armed = False
         self.server.close()
         try:
-            self.app.stop(2.0)
+            self.app.stop(2.0, keepalive_grace=0)
             self.server.stop(timeout=1)
         finally:
             channel_layers.set(self.wrapper.alias, self._previous)

@@ -19,6 +19,14 @@ def slow(request):
     return HttpResponse("slow done")
 
 
+def upload(request):
+    """Reads the body as it arrives and says how many bytes came (graceful stop tests)."""
+    size = 0
+    while chunk := request.read(65536):
+        size += len(chunk)
+    return HttpResponse(f"received {size}")
+
+
 def patched(request):
     """Whether this process was gevent-patched, and whether before Django was imported."""
     import sys
@@ -35,4 +43,9 @@ def patched(request):
     )
 
 
-urlpatterns = [path("hello/", hello), path("slow/", slow), path("patched/", patched)]
+urlpatterns = [
+    path("hello/", hello),
+    path("slow/", slow),
+    path("upload/", upload),
+    path("patched/", patched),
+]
