@@ -161,6 +161,10 @@ class Group(_Named):
         """Remove a channel from the group; a channel that is not in it is ignored."""
         self.channel_layer.group_discard(self.name, _channel_name(channel))
 
+    def channels(self) -> list[str]:
+        """The names of the group's members (the ASGI ``group_channels`` extension)."""
+        return self.channel_layer.group_channels(self.name)
+
     def send(self, content: dict, immediately: bool = False) -> None:
         """Send ``content`` (a dict) to every channel of the group, now or when the
         running consumer returns."""

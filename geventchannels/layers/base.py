@@ -98,6 +98,10 @@ class BaseChannelLayer:
         self._consumer_pools: list[Any] = []
         #: Callables whose keys global_statistics() adds (the delay service's counts).
         self.statistics_sources: list[Callable[[], dict[str, float]]] = []
+        from .membership import Memberships  # it builds on this module
+
+        #: What this process's sockets are in, so that they leave when they close.
+        self.memberships: Memberships = Memberships(self)
 
     # -- names -------------------------------------------------------------
 

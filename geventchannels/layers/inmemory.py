@@ -320,6 +320,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self.valid_channel_name(channel)
         prefix = non_local_name(channel) if "!" in channel else ""
         self._groups.setdefault(group, {})[channel] = (monotonic() + self.group_expiry, prefix)
+        if prefix:
+            self.memberships.joined(group, channel)
 
     def group_discard(self, group: str, channel: str) -> None:
         self.valid_group_name(group)
@@ -329,6 +331,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
             members.pop(channel, None)
             if not members:
                 del self._groups[group]
+        if "!" in channel:
+            self.memberships.left(group, channel)
 
     def group_channels(self, group: str) -> list[str]:
         self.valid_group_name(group)
@@ -404,6 +408,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
             else:
                 del self._queues[name]
         self._groups.clear()
+        self.memberships.forget()
         self._sent = self._full = 0
         self._rate_mark = _RateMark(monotonic())
 

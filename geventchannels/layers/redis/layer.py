@@ -16,6 +16,7 @@ from ..copying import check_message, copy_message
 from . import stored
 from .connections import BLOCK_SECONDS, UNREACHABLE
 from .hosts import Host, ShardFactory
+from .memberships import RedisMemberships
 from .receiving import Fetchers, KeysByShard, drain_local, receive_now
 from .shards import GroupSend, Shard, Skipped
 
@@ -70,6 +71,7 @@ class RedisChannelLayer(BaseChannelLayer):
         self._fetchers = Fetchers(self._codec.read_one)
         self._drains: dict[str, gevent.Greenlet] = {}
         self._turn = 0
+        self.memberships: RedisMemberships = RedisMemberships(self)
 
     @property
     def codec(self) -> stored.Codec:
@@ -204,7 +206,9 @@ class RedisChannelLayer(BaseChannelLayer):
         pipe.hset(capacities_key, channel, self.get_capacity(list_name))
         pipe.expire(group_key, ttl)
         pipe.expire(capacities_key, ttl)
+        self.memberships.index_join(pipe, group, channel)
         self._execute(shard, pipe)
+        self.memberships.joined(group, channel)
 
     def group_discard(self, group: str, channel: str) -> None:
         self.valid_group_name(group)
@@ -213,7 +217,9 @@ class RedisChannelLayer(BaseChannelLayer):
         pipe = shard.client.pipeline(transaction=False)
         pipe.zrem(shard.group_key(group), channel)
         pipe.hdel(shard.capacities_key(group), channel)
+        self.memberships.index_leave(pipe, group, channel)
         self._execute(shard, pipe)
+        self.memberships.left(group, channel)
 
     def group_channels(self, group: str) -> list[str]:
         self.valid_group_name(group)
@@ -280,6 +286,7 @@ class RedisChannelLayer(BaseChannelLayer):
 
     def flush(self) -> None:
         """Delete every key under this layer's prefix (never other keys in the database)."""
+        self.memberships.forget()
         for shard in self.shards:
             shard.tally.take()  # this process's counts not yet in Redis go too
             try:
@@ -353,6 +360,7 @@ class RedisChannelLayer(BaseChannelLayer):
 
     def close(self) -> None:
         """Stop the fetcher and drain greenlets, wake waiting receivers, disconnect."""
+        self.memberships.stop()
         greenlets = list(self._drains.values())
         self._drains.clear()
         greenlets.extend(self._fetchers.close())
