@@ -134,11 +134,11 @@ class ChannelsApplication:
             grace = self.config.graceful_timeout
         deadline = time.monotonic() + grace
         self.stopping = True
+        if keepalive_grace is not None:
+            self.waiting_heads.hurry_idle(time.monotonic() + keepalive_grace)
         for connection in list(self._websockets):
             connection.close(close_code)
         self._idle.wait(max(0.0, deadline - time.monotonic()))
-        if keepalive_grace is not None:
-            self.waiting_heads.hurry_idle(time.monotonic() + keepalive_grace)
         for connection in list(self._websockets):
             connection.abort()
         if self.worker is not None:
@@ -156,16 +156,16 @@ class ChannelsApplication:
     def connection_opened(self) -> bool:
         """Count a new socket; False when it is over MAX_CONNECTIONS (answer 503)."""
         self.connections += 1
+        self._idle.clear()
         return self.connections <= self.config.max_connections
 
     def connection_closed(self) -> None:
         self.connections -= 1
-        self._idle.clear()
+        self._check_idle()
 
     def request_started(self) -> None:
         self.requests_in_flight += 1
         self._idle.clear()
-        self._check_idle()
 
     def request_finished(self) -> None:
         self.requests_in_flight -= 1
