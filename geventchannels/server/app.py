@@ -106,6 +106,9 @@ class ChannelsApplication:
         self.started = True
         self.stopping = False
         self.layer.attach_local(self.reply_prefix, self._deliver)
+        self.layer.memberships.serve(
+            self.reply_prefix, self._endpoints.__contains__, self.overrides
+        )
         self._greenlets = [gevent.spawn(self._sweep)]
         if self.run_worker:
             from ..worker import Worker
@@ -147,6 +150,7 @@ class ChannelsApplication:
         self.started = False
         gevent.killall(self._greenlets, block=True, timeout=1)
         self._greenlets = []
+        self.layer.memberships.release(self.reply_prefix)
         self.layer.detach_local(self.reply_prefix)
         if ChannelsApplication.current is self:
             ChannelsApplication.current = None
@@ -257,6 +261,7 @@ class ChannelsApplication:
 
     def unregister_endpoint(self, name: str) -> None:
         self._endpoints.pop(name, None)
+        self.layer.memberships.closed(name)  # its groups and presences go with it
 
     def _deliver(self, channel: str, message: dict) -> None:
         endpoint = self._endpoints.get(channel)
