@@ -150,7 +150,29 @@ PRE_SETUP_IS_CLASSMETHOD = isinstance(
 )
 
 
-class ChannelTestCaseMixin:
+class AfterPreSetup:
+    """Runs the class's ``_after_pre_setup`` once Django's ``_pre_setup`` has run, in the
+    form the running Django release calls it (a method, or a classmethod since 5.1)."""
+
+    @classmethod
+    def _after_pre_setup(cls) -> None:
+        raise NotImplementedError
+
+    if PRE_SETUP_IS_CLASSMETHOD:
+
+        @classmethod
+        def _pre_setup(cls) -> None:
+            super()._pre_setup()  # type: ignore[misc]
+            cls._after_pre_setup()
+
+    else:
+
+        def _pre_setup(self) -> None:  # type: ignore[misc]
+            super()._pre_setup()  # type: ignore[misc]
+            self._after_pre_setup()
+
+
+class ChannelTestCaseMixin(AfterPreSetup):
     """Each test gets fresh in-memory layers for ``test_channel_aliases`` (every
     configured alias by default), whatever backend the settings name."""
 
@@ -162,24 +184,11 @@ class ChannelTestCaseMixin:
     _commits: ImmediateCommits | None = None
 
     @classmethod
-    def _start_test_layers(cls) -> None:
+    def _after_pre_setup(cls) -> None:
         cls._test_layers = TestLayers(cls.test_channel_aliases)
         cls._test_layers.start()
         if cls.on_commit_immediately and issubclass(cls, TestCase):
             cls._commits = ImmediateCommits(sorted(cls.databases))
-
-    if PRE_SETUP_IS_CLASSMETHOD:
-
-        @classmethod
-        def _pre_setup(cls) -> None:
-            super()._pre_setup()  # type: ignore[misc]
-            cls._start_test_layers()
-
-    else:
-
-        def _pre_setup(self) -> None:  # type: ignore[misc]
-            super()._pre_setup()  # type: ignore[misc]
-            self._start_test_layers()
 
     def _post_teardown(self) -> None:
         layers, type(self)._test_layers = self._test_layers, None

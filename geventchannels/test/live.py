@@ -30,7 +30,7 @@ from gevent import getcurrent
 
 from .. import DEFAULT_CHANNEL_LAYER
 from ..asgi import ChannelLayerWrapper, channel_layers
-from .base import PRE_SETUP_IS_CLASSMETHOD
+from .base import AfterPreSetup
 
 #: Where the consumer pool logs a consumer's error (with its traceback).
 WORKER_LOGGER = "geventchannels.worker"
@@ -215,7 +215,7 @@ def require_patched() -> None:
         )
 
 
-class ChannelLiveServerTestCase(TransactionTestCase):
+class ChannelLiveServerTestCase(AfterPreSetup, TransactionTestCase):
     """A TransactionTestCase with the project's server running in this process for the
     whole class: ``live_server_url`` (http) and ``live_server_ws_url`` (ws), static files
     served, the same test database. Each test starts with a flushed channel layer; a
@@ -277,7 +277,7 @@ class ChannelLiveServerTestCase(TransactionTestCase):
             server.stop()
 
     @classmethod
-    def _start_test(cls) -> None:
+    def _after_pre_setup(cls) -> None:
         """A flushed layer for each test, and its consumer errors raised in it (the
         first test's server is new: it is started after Django's own set-up)."""
         server = cls._live_server
@@ -286,19 +286,6 @@ class ChannelLiveServerTestCase(TransactionTestCase):
                 server.layer.flush()
             if server.errors is not None:
                 server.errors.rearm(getcurrent())
-
-    if PRE_SETUP_IS_CLASSMETHOD:
-
-        @classmethod
-        def _pre_setup(cls) -> None:
-            super()._pre_setup()  # type: ignore[misc]
-            cls._start_test()
-
-    else:
-
-        def _pre_setup(self) -> None:  # type: ignore[misc]
-            super()._pre_setup()  # type: ignore[misc]
-            self._start_test()
 
     def _post_teardown(self) -> None:
         server = self._live_server

@@ -9,23 +9,18 @@ on Redis nothing waiting is lost.
 
 from __future__ import annotations
 
-import signal
-
-from ... import DEFAULT_CHANNEL_LAYER
 from .runworker import Command as RunworkerCommand
+from .runworker import wait_for_stop_signal
 
 
 class Command(RunworkerCommand):
     help = "Delivers delayed messages (asgi.delay) of a shared (Redis) channel layer."
     needs_shared_layer = "rundelay delivers the delayed messages that other processes send"
 
+    layer_help = "The CHANNEL_LAYERS alias whose asgi.delay to serve (default: %(default)s)."
+
     def add_arguments(self, parser):
-        parser.add_argument(
-            "--layer",
-            default=DEFAULT_CHANNEL_LAYER,
-            dest="layer",
-            help="The CHANNEL_LAYERS alias whose asgi.delay to serve (default: %(default)s).",
-        )
+        self.add_layer_argument(parser)
         parser.add_argument(
             "--sleep",
             type=float,
@@ -36,8 +31,6 @@ class Command(RunworkerCommand):
 
     def run_worker(self, wrapper, options) -> None:
         """Run the delay service of the layer until SIGTERM or SIGINT."""
-        import gevent
-        from gevent.event import Event
 
         from ...delay import acquire, release
 
@@ -48,12 +41,8 @@ class Command(RunworkerCommand):
             f"({type(layer).__name__}).\nStop with CONTROL-C or SIGTERM."
         )
         self.stdout.flush()
-        stop = Event()
-        handlers = [gevent.signal_handler(s, stop.set) for s in (signal.SIGTERM, signal.SIGINT)]
         try:
-            stop.wait()
+            wait_for_stop_signal()
         finally:
-            for handler in handlers:
-                handler.cancel()
             release(service)
         self.stdout.write(f"Stopped; this process delivered {service.delivered} delayed messages.")

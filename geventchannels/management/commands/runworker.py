@@ -24,13 +24,11 @@ class Command(BaseCommand):
     #: Why the layer must reach other processes: an in-memory one is refused with it.
     needs_shared_layer = "runworker takes the messages that server processes send"
 
+    #: What --layer names, in its help text.
+    layer_help = "The CHANNEL_LAYERS alias to take messages from (default: %(default)s)."
+
     def add_arguments(self, parser):
-        parser.add_argument(
-            "--layer",
-            default=DEFAULT_CHANNEL_LAYER,
-            dest="layer",
-            help="The CHANNEL_LAYERS alias to take messages from (default: %(default)s).",
-        )
+        self.add_layer_argument(parser)
         parser.add_argument(
             "--only-channels",
             action="append",
@@ -48,6 +46,9 @@ class Command(BaseCommand):
             help="Do not consume channels matching this glob (repeatable).",
         )
         conf.add_arguments(parser, conf.RUNWORKER)
+
+    def add_layer_argument(self, parser) -> None:
+        parser.add_argument("--layer", default=DEFAULT_CHANNEL_LAYER, help=self.layer_help)
 
     def handle(self, *args, **options):
         from ...monkey import is_patched
@@ -85,8 +86,6 @@ class Command(BaseCommand):
         return wrapper
 
     def run_worker(self, wrapper, options) -> None:
-        import gevent
-        from gevent.event import Event
 
         from ...worker import Worker
 
@@ -106,12 +105,20 @@ class Command(BaseCommand):
             f"{', '.join(worker.channels)}\nStop with CONTROL-C or SIGTERM."
         )
         self.stdout.flush()
-        stop = Event()
-        handlers = [gevent.signal_handler(s, stop.set) for s in (signal.SIGTERM, signal.SIGINT)]
-        try:
-            stop.wait()
-            self.stdout.write("Stopping: letting running consumers finish.")
-            worker.stop()
-        finally:
-            for handler in handlers:
-                handler.cancel()
+        wait_for_stop_signal()
+        self.stdout.write("Stopping: letting running consumers finish.")
+        worker.stop()
+
+
+def wait_for_stop_signal() -> None:
+    """Block this greenlet until SIGTERM or SIGINT."""
+    import gevent
+    from gevent.event import Event
+
+    stop = Event()
+    handlers = [gevent.signal_handler(s, stop.set) for s in (signal.SIGTERM, signal.SIGINT)]
+    try:
+        stop.wait()
+    finally:
+        for handler in handlers:
+            handler.cancel()
