@@ -25,6 +25,7 @@ from harness.workloads import FULL, QUICK, WORKLOADS, Context
 
 BENCH = environment.BENCH
 QUICK_SYSTEMS = [systems.PROJECT, "bare"]
+REDIS_WORKLOADS = {"broadcast_redis", "ws_echo_redis", "task_redis", "delay"}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -140,11 +141,7 @@ def run(args: argparse.Namespace, scratch: Path) -> int:
         wrk=wrk_path,
         server_cpus="0" if pin else None,
         client_cpus="1" if pin else None,
-        redis_binary=(
-            environment.redis_server()
-            if {"broadcast_redis", "delay"} & set(args.workloads)
-            else None
-        ),
+        redis_binary=environment.redis_server() if REDIS_WORKLOADS & set(args.workloads) else None,
     )
     if args.profile:
         ctx.profile = profiler(anchors.parent / "py-spy", args.out, logs)
@@ -178,7 +175,11 @@ def run(args: argparse.Namespace, scratch: Path) -> int:
             if workload.systems_key not in systems.SYSTEMS[system].workloads:
                 continue
             say(f"[{name}] {system} ...")
-            results[system] = _run_one(workload, ctx, system)
+            metrics = _run_one(workload, ctx, system)
+            # A workload may measure a system in several configurations: extra rows.
+            extra_rows = metrics.pop("rows", {})
+            results[system] = metrics
+            results.update(extra_rows)
         if not results:
             continue
         params = ctx.sizes[workload.systems_key]

@@ -1,11 +1,12 @@
 """geventchannels consumers for the WebSocket, broadcast and long-poll workloads.
 
 Plain sync functions, Channels 1.x style; the logged-in echo uses the session and auth
-decorators. /hello/ and /db/ are not routed, so they take the
-server's WSGI fast path straight into Django.
+decorators; the task consumer is in tasks.py. /hello/, /db/ and /task/ are not routed, so
+they take the server's WSGI fast path straight into Django.
 """
 
 from benchsite.delays import DELAYED, fired
+from benchsite.tasks import TASKS, run_task
 from geventchannels import Group
 from geventchannels.auth import channel_session_user, channel_session_user_from_http
 from geventchannels.routing import route
@@ -70,5 +71,6 @@ channel_routing = [
     route("http.request", park, path=r"^/poll/$"),
     route("http.request", poll_count, path=r"^/poll-count/$"),
     route("http.request", fire, path=r"^/fire/$"),
+    route(TASKS, run_task),
     route(DELAYED, fired),
 ]

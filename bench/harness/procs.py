@@ -160,3 +160,21 @@ class CpuMeter:
 
     def stop(self) -> float:
         return 100.0 * (self._sample() - self.cpu0) / max(1e-9, time.monotonic() - self.wall0)
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine has spent busy (not idle or waiting on I/O)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(values) - values[3] - values[4]) / CLOCK_TICKS
+
+
+class MachineMeter(CpuMeter):
+    """CPU used by the whole machine between start() and stop(), as % of one core: near
+    100 x cores, the machine itself was the limit (servers, load generator and any other
+    work together)."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+
+    def _sample(self) -> float:
+        return machine_busy_seconds()

@@ -11,22 +11,27 @@ from pathlib import Path
 from harness import procs
 from harness.systems import PROJECT
 
-PROFILED = {"ws_echo", "broadcast", "http"}
+PROFILED = {"ws_echo", "broadcast", "http", "ws_echo_redis", "task_redis"}
 
 
 def profiler(py_spy: Path, out: Path, logs: Path):
     """A Context.profile hook: records the project's serving process with py-spy."""
 
     def start(server, workload: str):
-        if server.system != PROJECT or workload not in PROFILED:
+        """``workload`` may name a configuration after a dash (``ws_echo_redis-w2-redis``);
+        a server of several workers is recorded whole (every worker process)."""
+        if server.system != PROJECT or workload.split("-")[0] not in PROFILED:
             return None
         raw = out / (f"profile-{workload}.txt")
+        several = getattr(server, "workers", 1) > 1
+        target = server.process.pid if several else server.serving_pid()
         process = procs.start(
             [
                 str(py_spy),
                 "record",
+                *(["--subprocesses"] if several else []),
                 "--pid",
-                str(server.serving_pid()),
+                str(target),
                 "--format",
                 "raw",
                 "--output",

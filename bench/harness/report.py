@@ -39,7 +39,7 @@ def table_rows(workload, results: dict) -> tuple[list[str], list[list[str]]]:
     header = ["system", *[label for _, label in workload.columns], "geventchannels ×"]
     rows = []
     for name, metrics in results.items():
-        label = SYSTEMS[name].label if name in SYSTEMS else name
+        label = metrics.get("label") or (SYSTEMS[name].label if name in SYSTEMS else name)
         if "error" in metrics:
             rows.append([label, "failed (see below)"] + [""] * (len(header) - 2))
             continue

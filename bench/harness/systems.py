@@ -7,6 +7,7 @@ differ. A Server is a context manager: it starts the process in its own group, w
 
 from __future__ import annotations
 
+import os
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ SYSTEMS = {
                     "ws_echo_deflate",
                     "broadcast",
                     "broadcast_redis",
+                    "ws_echo_redis",
+                    "task_redis",
                     "idle",
                     "longpoll",
                     "delay",
@@ -69,7 +72,18 @@ SYSTEMS = {
             "uvicorn",
             "Channels 4, uvicorn",
             True,
-            frozenset({"http", "http_db", "ws_echo", "ws_echo_auth", "broadcast", "idle"}),
+            frozenset(
+                {
+                    "http",
+                    "http_db",
+                    "ws_echo",
+                    "ws_echo_auth",
+                    "broadcast",
+                    "broadcast_redis",
+                    "ws_echo_redis",
+                    "idle",
+                }
+            ),
         ),
         System(
             "bare",
@@ -79,6 +93,10 @@ SYSTEMS = {
         ),
     ]
 }
+
+
+#: What each worker of a multi-worker server logs once it serves.
+READY_LINES = {PROJECT: "consumers on:", "uvicorn": "Application startup complete"}
 
 
 def project_runner() -> str:
@@ -93,9 +111,14 @@ def project_runner() -> str:
     )
 
 
-def _command(system: str, port: int, anchors: Path | None) -> list[str]:
+def _command(system: str, port: int, anchors: Path | None, workers: int = 1) -> list[str]:
+    """The command line of ``system`` on ``port``; ``workers`` > 1 uses the server's own
+    multi-process mode (gunicorn ``-w`` with ``--reuse-port``, so the kernel spreads the
+    connections; uvicorn ``--workers``)."""
     bind = f"127.0.0.1:{port}"
     main = str(environment.MAIN_PYTHON)
+    if workers > 1 and system not in (PROJECT, "uvicorn"):
+        raise ValueError(f"{system} has no multi-worker mode here")
     if system == PROJECT:
         if project_runner() == "gunicorn":
             return [
@@ -105,7 +128,8 @@ def _command(system: str, port: int, anchors: Path | None) -> list[str]:
                 "-k",
                 "geventchannels.gunicorn.Worker",
                 "-w",
-                "1",
+                str(workers),
+                *(["--reuse-port"] if workers > 1 else []),
                 "--worker-connections",
                 "20000",
                 "--backlog",
@@ -159,9 +183,10 @@ def _command(system: str, port: int, anchors: Path | None) -> list[str]:
             str(port),
             "--no-access-log",
             "--log-level",
-            "warning",
+            "info" if workers > 1 else "warning",
             "--backlog",
             "4096",
+            *(["--workers", str(workers)] if workers > 1 else []),
         ]
     raise ValueError(f"unknown system {system!r}")
 
@@ -184,15 +209,18 @@ class Server:
         cpus: str | None = None,
         layer: str = "memory",
         redis_url: str = "",
+        workers: int = 1,
     ) -> None:
         self.system = system
+        self.workers = workers
         self.port = procs.free_port()
         self.log = logs / f"{system}-{self.port}.log"
-        self.command = procs.pinned(_command(system, self.port, anchors), cpus)
+        self.command = procs.pinned(_command(system, self.port, anchors, workers), cpus)
         self.env = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "HOME": "/tmp",
-            "PYTHONPATH": str(environment.BENCH),
+            # The geventchannels of this tree, whatever the virtualenv has installed.
+            "PYTHONPATH": os.pathsep.join([str(environment.BENCH), str(environment.ROOT)]),
             "DJANGO_SETTINGS_MODULE": "benchsite.settings",
             "BENCH_STACK": _stack(system),
             "BENCH_LAYER": layer,
@@ -225,12 +253,22 @@ class Server:
             try:
                 with urllib.request.urlopen(self.url("/hello/"), timeout=5) as response:
                     if response.status == 200:
-                        return
+                        break
             except OSError as error:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(
                         f"{self.system} did not answer /hello/ ({error}); see {self.log}"
                     ) from error
+            time.sleep(0.1)
+        if self.workers > 1:
+            self._wait_workers(deadline)
+
+    def _wait_workers(self, deadline: float) -> None:
+        """Until every worker serves: otherwise the first one takes all the sockets."""
+        ready_line = READY_LINES[self.system]
+        while self.log.read_text(errors="replace").count(ready_line) < self.workers:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"not all {self.workers} {self.system} workers started")
             time.sleep(0.1)
 
     def url(self, path: str, scheme: str = "http") -> str:

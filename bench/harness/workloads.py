@@ -17,6 +17,7 @@ from pathlib import Path
 from harness import procs
 from harness.delayed import delay
 from harness.loadgen import Node, latency_ms, wrk
+from harness.scaling import task_redis, ws_echo_redis
 from harness.systems import Server
 
 FULL = {
@@ -27,6 +28,8 @@ FULL = {
     "ws_echo_deflate": {"connections": 50, "seconds": 10, "warmup": 2},
     "broadcast": {"sockets": 1000, "messages": 200, "deadline": 30},
     "broadcast_redis": {"sockets": 1000, "messages": 200, "deadline": 30},
+    "ws_echo_redis": {"connections": 50, "seconds": 10, "warmup": 2},
+    "task_redis": {"connections": 50, "seconds": 10, "warmup": 2, "deadline": 30},
     "idle": {"sockets": 10000},
     "longpoll": {"requests": 2000, "deadline": 30},
     "delay": {
@@ -48,6 +51,8 @@ QUICK = {
     "ws_echo_deflate": {"connections": 10, "seconds": 1, "warmup": 0.3},
     "broadcast": {"sockets": 50, "messages": 20, "deadline": 10},
     "broadcast_redis": {"sockets": 50, "messages": 20, "deadline": 10},
+    "ws_echo_redis": {"connections": 10, "seconds": 1, "warmup": 0.3},
+    "task_redis": {"connections": 10, "seconds": 1, "warmup": 1, "deadline": 10},
     "idle": {"sockets": 200},
     "longpoll": {"requests": 100, "deadline": 10},
     "delay": {
@@ -282,28 +287,37 @@ def broadcast(ctx: Context, system: str) -> dict:
 
 
 def broadcast_redis(ctx: Context, system: str) -> dict:
-    """Two server processes sharing one Redis; half the sockets on each, the sender on the first."""
+    """Two server processes sharing one Redis; half the sockets on each, the sender on the
+    first. uvicorn runs as one server with ``--workers 2`` (its own multi-process mode),
+    which spreads the sockets and the sender over its workers itself."""
     size = ctx.sizes["broadcast_redis"]
     url = ctx.redis_url()
+    if system == "uvicorn":
+        with ctx.server(system, cpus=None, layer="redis", redis_url=url, workers=2) as server:
+            return _broadcast_across(ctx, server, server, size)
     with (
         ctx.server(system, cpus=None, layer="redis", redis_url=url) as first,
         ctx.server(system, cpus=None, layer="redis", redis_url=url) as second,
     ):
-        config = {
-            "urls": [first.url("/broadcast/", "ws"), second.url("/broadcast/", "ws")],
-            "send_url": first.url("/send/", "ws"),
-            "connections": size["sockets"],
-            "messages": size["messages"],
-            "workers": 2,
-            "deadline_s": size["deadline"],
-            "quiet_s": 5,
-            "local_addresses": LOCAL_ADDRESSES,
-            "open_attempts": OPEN_ATTEMPTS,
-        }
-        meter = procs.CpuMeter([first.process.pid, second.process.pid])
-        meter.start()
-        out = ctx.loadgen(cpus=None).run("broadcast", config, timeout=size["deadline"] + 90)
-        cpu = meter.stop()
+        return _broadcast_across(ctx, first, second, size)
+
+
+def _broadcast_across(ctx: Context, first: Server, second: Server, size: dict) -> dict:
+    config = {
+        "urls": [first.url("/broadcast/", "ws"), second.url("/broadcast/", "ws")],
+        "send_url": first.url("/send/", "ws"),
+        "connections": size["sockets"],
+        "messages": size["messages"],
+        "workers": 2,
+        "deadline_s": size["deadline"],
+        "quiet_s": 5,
+        "local_addresses": LOCAL_ADDRESSES,
+        "open_attempts": OPEN_ATTEMPTS,
+    }
+    meter = procs.CpuMeter(sorted({first.process.pid, second.process.pid}))
+    meter.start()
+    out = ctx.loadgen(cpus=None).run("broadcast", config, timeout=size["deadline"] + 90)
+    cpu = meter.stop()
     result = _broadcast_result(out)
     result["servers_cpu_pct"] = round(cpu)
     return result
@@ -505,6 +519,43 @@ WORKLOADS = [
             ("servers_cpu_pct", "servers CPU %"),
         ),
         broadcast_redis,
+    ),
+    Workload(
+        "ws_echo_redis",
+        "WebSocket echo with several workers sharing Redis",
+        "ws_echo_redis",
+        "rt_s",
+        True,
+        (
+            ("rt_s", "round trips/s"),
+            ("p50_ms", "p50 ms"),
+            ("p99_ms", "p99 ms"),
+            ("errors", "errors"),
+            ("server_cpu_pct", "servers CPU %"),
+            ("redis_cpu_pct", "Redis CPU %"),
+            ("machine_cpu_pct", "machine CPU %"),
+            ("cpu_us_per_rt", "servers CPU µs/round trip"),
+        ),
+        ws_echo_redis,
+    ),
+    Workload(
+        "task_redis",
+        "Tasks queued by a view on a named channel, run by any worker (Redis)",
+        "task_redis",
+        "tasks_s",
+        True,
+        (
+            ("tasks_s", "tasks/s"),
+            ("lost", "lost"),
+            ("busiest_worker_pct", "busiest worker %"),
+            ("rps", "req/s"),
+            ("p50_ms", "p50 ms"),
+            ("non_2xx", "non-2xx"),
+            ("server_cpu_pct", "servers CPU %"),
+            ("redis_cpu_pct", "Redis CPU %"),
+            ("cpu_us_per_task", "servers CPU µs/task"),
+        ),
+        task_redis,
     ),
     Workload(
         "idle",
