@@ -400,22 +400,22 @@ class FrameEngine(ServerProtocol):
     # several times more). Anything else goes through websockets.
 
     def send_text(self, data: BytesLike, fin: bool = True) -> None:
-        if fin and self._state is OPEN and not self.expect_continuation_frame:
-            if self.deflate is None:
-                self.writes.append(_data_header(0x81, len(data)) + bytes(data))
-            else:
-                self.writes.append(self._deflated(_DEFLATED_TEXT, data))
-        else:
+        if not self._send_whole(0x81, _DEFLATED_TEXT, data, fin):
             super().send_text(data, fin)
 
     def send_binary(self, data: BytesLike, fin: bool = True) -> None:
-        if fin and self._state is OPEN and not self.expect_continuation_frame:
-            if self.deflate is None:
-                self.writes.append(_data_header(0x82, len(data)) + bytes(data))
-            else:
-                self.writes.append(self._deflated(_DEFLATED_BINARY, data))
-        else:
+        if not self._send_whole(0x82, _DEFLATED_BINARY, data, fin):
             super().send_binary(data, fin)
+
+    def _send_whole(self, first: int, deflated_first: int, data: BytesLike, fin: bool) -> bool:
+        """Frame a whole message here when it needs nothing else (False: websockets does)."""
+        if not fin or self._state is not OPEN or self.expect_continuation_frame:
+            return False
+        if self.deflate is None:
+            self.writes.append(_data_header(first, len(data)) + bytes(data))
+        else:
+            self.writes.append(self._deflated(deflated_first, data))
+        return True
 
     def _deflated(self, first: int, data: BytesLike) -> bytes:
         """A whole frame compressed by the negotiated permessage-deflate."""
