@@ -8,6 +8,10 @@ buffered sends, the consumer signals, and what each way of ending means.
 | raises a ChannelSocketException          | they are sent, then the exception acts       |
 | raises DenyConnection (websocket.connect)| they are dropped, the handshake is refused   |
 | raises anything else                     | they are dropped, the traceback is logged    |
+
+A consumer that fails again with the same error (same type and text) within
+logs.TALLY_INTERVAL is not logged again in full: the repeats are counted, one line per
+interval, until an interval passes without one.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import gevent
 
+from . import logs
 from .channel import discard_buffered, flush_buffered, start_buffering
 from .exceptions import ChannelFull, ChannelSocketException, ConsumeLater, DenyConnection
 from .message import Message
@@ -59,6 +64,8 @@ class ConsumerCalls:
         self.consume_later_limit = consume_later_limit
         self.put_back_offered = put_back_offered
         self._names: dict[Callable, str] = {}
+        #: (consumer name, error type, error text) -> the Tally counting its repeats.
+        self._failures: dict[tuple[str, str, str], logs.Tally] = {}
 
     def handle(self, channel: str, content: dict, offered: bool = False) -> None:
         """Run the consumer routed for one message, with its sends buffered."""
@@ -91,11 +98,9 @@ class ConsumerCalls:
         except DenyConnection:
             discard_buffered()
             self._deny(message, consumer)
-        except Exception:
+        except Exception as error:
             discard_buffered()
-            logger.exception(
-                "error in consumer %s handling a message on %s", self.name(consumer), channel
-            )
+            self._failed(consumer, channel, error)
         except BaseException:
             discard_buffered()
             raise
@@ -110,6 +115,25 @@ class ConsumerCalls:
                 )
             if channel == "websocket.disconnect" and not later:
                 self._socket_closed(message)
+
+    def _failed(self, consumer: Callable, channel: str, error: Exception) -> None:
+        """Log a consumer's error with its traceback, or count it when the same consumer
+        raised the same error lately (a consumer failing on every message)."""
+        name = self.name(consumer)
+        key = (name, type(error).__qualname__, str(error))
+        repeats = self._failures.get(key)
+        if repeats is None:
+            logger.error(
+                "error in consumer %s handling a message on %s", name, channel, exc_info=error
+            )
+            repeats = self._failures[key] = logs.Tally(
+                "the same error %d more times in the last %.0f s: consumer %s raised %s on %s",
+                logger,
+                on_idle=lambda: self._failures.pop(key, None),
+            )
+            repeats.add(logged=True)
+        else:
+            repeats.add(logs.TALLY_INTERVAL, name, _shown(error), channel)
 
     @staticmethod
     def _socket_closed(message: Message) -> None:
@@ -190,3 +214,9 @@ class ConsumerCalls:
             except TypeError:
                 pass
             return name
+
+
+def _shown(error: Exception, limit: int = 200) -> str:
+    """The error as a log line shows it: ValueError('boom'), cut to ``limit``."""
+    text = repr(error)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
