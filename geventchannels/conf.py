@@ -165,6 +165,15 @@ SETTINGS: tuple[Setting, ...] = (
         "Times one message may be put back by ConsumeLater before it is dropped (logged).",
         CONSUMING,
     ),
+    Setting(
+        "WORKER_FULL_WARNING",
+        "Consumer pool",
+        5.0,
+        seconds_or_off,
+        "Seconds every consumer greenlet may stay busy before a warning names the running "
+        "consumers (repeated at most once per as many seconds); 0 turns it off.",
+        CONSUMING,
+    ),
     # HTTP
     Setting(
         "HTTP_TIMEOUT",

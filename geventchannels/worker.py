@@ -95,6 +95,7 @@ class Worker:
         self.concurrency = conf.get("WORKER_CONCURRENCY", overrides)
         self.ordered = conf.get("ORDERED_DISPATCH", overrides)
         self.consume_later_limit = conf.get("CONSUME_LATER_LIMIT", overrides)
+        self.full_warning = conf.get("WORKER_FULL_WARNING", overrides)
         self.channels = self.apply_channel_filters(
             self.router.channels, only_channels, exclude_channels
         )
@@ -122,6 +123,9 @@ class Worker:
             self.router, self.channel_layer, Worker, self.consume_later_limit, self._put_back
         )
         self._delay: delays.DelayService | None = None
+        #: Since when every consumer greenlet is busy (None: one is free).
+        self._full_since: float | None = None
+        self._full_check: gevent.Greenlet | None = None
 
     @staticmethod
     def apply_channel_filters(
@@ -166,6 +170,9 @@ class Worker:
             timeout = conf.get("GRACEFUL_TIMEOUT", self.overrides)
         self._stopping = True
         self._accepting = False
+        if self._full_check is not None:
+            self._full_check.kill(block=False)
+            self._full_check = None
         if self._delay is not None:
             delays.release(self._delay)
             self._delay = None
@@ -276,8 +283,7 @@ class Worker:
         if not behind and self._free and (first or not self._queue):
             if reply is not None:
                 self._busy[reply] = deque()
-            self._free -= 1
-            self._jobs.put((channel, content, reply, offered))
+            self._take_greenlet((channel, content, reply, offered))
             return
         if offered:
             queued = self._queued.get(channel, 0)
@@ -320,14 +326,44 @@ class Worker:
             return channel, content, reply, offered
         return None
 
+    def _take_greenlet(self, job: Job) -> None:
+        self._free -= 1
+        self._jobs.put(job)
+        if not self._free:
+            self._full_since = monotonic()
+            if self.full_warning and self._full_check is None:
+                self._full_check = gevent.spawn_later(self.full_warning, self._check_full)
+
+    def _check_full(self) -> None:
+        """Warn when the pool has been full for WORKER_FULL_WARNING seconds, at most once
+        per as many seconds: consumers that never return would otherwise starve every
+        socket in silence."""
+        since = self._full_since
+        if since is None or self._stopping:
+            self._full_check = None
+            return
+        full_for = monotonic() - since
+        if full_for >= self.full_warning:
+            logger.warning(
+                "every consumer greenlet (%d) has been busy for %.1f s, %d messages wait; "
+                "running: %s",
+                self.concurrency,
+                full_for,
+                len(self._queue),
+                self._calls.running_report(),
+            )
+            wait = self.full_warning
+        else:
+            wait = self.full_warning - full_for
+        self._full_check = gevent.spawn_later(wait, self._check_full)
+
     def _run_queued(self) -> None:
         """Give free consumer greenlets to queued messages."""
         while self._free and self._queue:
             job = self._next_queued()
             if job is None:
                 return
-            self._free -= 1
-            self._jobs.put(job)
+            self._take_greenlet(job)
 
     def _remote_turn(self) -> bool:
         """Whether a greenlet that finished, with messages queued, should go free for the
@@ -396,6 +432,7 @@ class Worker:
                 self._run(job)
                 job = self._next_queued() if self._queue and not self._remote_turn() else None
             self._free += 1
+            self._full_since = None
             if self._free == 1:
                 self._free_changed.set()
 

@@ -70,3 +70,65 @@ def test_a_different_error_is_logged_in_full_at_once(caplog, monkeypatch):
         "KeyError'b'",
         "ValueErrorboom",
     ]
+
+
+RELEASE = Event()
+STARTED: list[str] = []
+
+
+def blocks_first(message):
+    STARTED.append("first")
+    RELEASE.wait(10)
+
+
+def blocks_second(message):
+    STARTED.append("second")
+    RELEASE.wait(10)
+
+
+def test_a_pool_full_for_a_while_warns_naming_its_consumers_longest_first(caplog):
+    RELEASE.clear()
+    STARTED.clear()
+    caplog.set_level(logging.WARNING, logger="geventchannels.worker")
+    routes = [route("first", blocks_first), route("second", blocks_second)]
+    overrides = {"WORKER_FULL_WARNING": 0.3}
+    with Pool(routes, concurrency=2, overrides=overrides) as pool:
+        try:
+            pool.layer.send("first", {})
+            wait_for(lambda: STARTED == ["first"])
+            pool.layer.send("second", {})
+            wait_for(lambda: len(STARTED) == 2)
+
+            def warnings() -> list[logging.LogRecord]:
+                return [r for r in pool_records(caplog) if "has been busy" in r.getMessage()]
+
+            wait_for(lambda: len(warnings()) >= 2)
+        finally:
+            RELEASE.set()
+        wait_for(lambda: pool.worker._full_check is None)
+    first, second = warnings()[:2]
+    assert second.created - first.created >= 0.25
+    text = first.getMessage()
+    assert "every consumer greenlet (2) has been busy for" in text
+    assert text.index("test_consumer_faults.blocks_first for") < text.index(
+        "test_consumer_faults.blocks_second for"
+    )
+
+
+def test_a_pool_with_a_free_greenlet_does_not_warn(caplog):
+    caplog.set_level(logging.WARNING, logger="geventchannels.worker")
+    release = Event()
+    seen = []
+
+    def waits(message):
+        seen.append(1)
+        release.wait(10)
+
+    with Pool(
+        [route("jobs", waits)], concurrency=2, overrides={"WORKER_FULL_WARNING": 0.1}
+    ) as pool:
+        pool.layer.send("jobs", {})
+        wait_for(lambda: seen)
+        assert pool.worker._full_check is None
+        release.set()
+    assert not [r for r in pool_records(caplog) if "has been busy" in r.getMessage()]
