@@ -20,6 +20,7 @@ from .runmodes.process import (
     BIN,
     ServerProcess,
     check_graceful_stop,
+    gunicorn,
     http_get,
     http_json,
     manage,
@@ -35,20 +36,6 @@ def runserver(port: int) -> list[str]:
 
 def serve(port: int) -> list[str]:
     return [str(BIN / "geventchannels"), "serve", "rmproject.wsgi", "--bind", f"127.0.0.1:{port}"]
-
-
-def gunicorn(port: int) -> list[str]:
-    return [
-        str(BIN / "gunicorn"),
-        "-k",
-        "geventchannels.gunicorn.Worker",
-        "-b",
-        f"127.0.0.1:{port}",
-        "--no-control-socket",
-        "--graceful-timeout",
-        "5",
-        "rmproject.wsgi",
-    ]
 
 
 @pytest.mark.timeout(60)

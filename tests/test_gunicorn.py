@@ -13,8 +13,8 @@ import websocket
 
 from .conftest import free_port
 from .runmodes.process import (
-    BIN,
     ServerProcess,
+    gunicorn,
     http_get,
     http_json,
     ws_close_code,
@@ -23,21 +23,6 @@ from .runmodes.process import (
 )
 
 IN_MEMORY_WARNING = "Group and Channel messages will not cross workers"
-
-
-def gunicorn(port: int, *options: str) -> list[str]:
-    return [
-        str(BIN / "gunicorn"),
-        "-k",
-        "geventchannels.gunicorn.Worker",
-        "-b",
-        f"127.0.0.1:{port}",
-        "--no-control-socket",
-        "--graceful-timeout",
-        "5",
-        *options,
-        "rmproject.wsgi",
-    ]
 
 
 def worker_pid(port: int, other_than: int | None = None):

@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 
 from .conftest import free_port
-from .runmodes.process import ServerProcess, http_get
-from .test_gunicorn import gunicorn
+from .runmodes.process import ServerProcess, gunicorn, http_get
 
 
 @pytest.mark.timeout(60)

@@ -9,13 +9,13 @@ import time
 import gevent
 import pytest
 import redis
-from gevent.event import AsyncResult
 
 from geventchannels.asgi import ChannelLayerWrapper
 from geventchannels.layers import RedisChannelLayer
-from geventchannels.layers.redis import receiving
 from geventchannels.routing import route
 from geventchannels.worker import Worker
+
+from .test_redis_layer import kill_receivers_on_hand_over
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(30)]
 
@@ -122,20 +122,9 @@ def test_the_pool_takes_a_batch_of_messages_per_pop(layer, client):
 
 def test_a_receiver_killed_as_a_batch_is_handed_to_it_puts_the_batch_back(layer, monkeypatch):
     receivers = []
-
-    class KilledOnHandOver(AsyncResult):
-        def set(self, value=None):
-            receivers[0].kill(block=False)  # queued before the wake-up, so it lands first
-            super().set(value)
-
-    class Waiter(receiving.Waiter):
-        def __init__(self, deadline, wanted=1):
-            super().__init__(deadline, wanted)
-            self.result = KilledOnHandOver()
-
     for n in range(3):
         layer.send("cost.kill", {"n": n})
-    monkeypatch.setattr(receiving, "Waiter", Waiter)
+    kill_receivers_on_hand_over(monkeypatch, receivers)
     receivers.append(gevent.spawn(layer.receive_batch, ["cost.kill"], 10, True, 5))
     receivers[0].join(5)
     assert receivers[0].dead and isinstance(receivers[0].value, gevent.GreenletExit)

@@ -475,11 +475,10 @@ def test_a_receiver_that_gave_up_loses_nothing(layer):
     assert layer.receive(["late"], block=True, timeout=5) == ("late", {"n": 1})
 
 
-def test_killed_receiver_puts_its_message_back(layer, monkeypatch):
-    """A receiver killed after its message left Redis but before it ran pushes it back."""
+def kill_receivers_on_hand_over(monkeypatch, receivers: list) -> None:
+    """Make the layer kill ``receivers[0]`` the moment a fetcher hands it what it took
+    from Redis (after the message left Redis, before the receiver ran)."""
     from geventchannels.layers.redis import receiving
-
-    receivers = []
 
     class KilledOnHandOver(AsyncResult):
         def set(self, value=None):
@@ -492,6 +491,12 @@ def test_killed_receiver_puts_its_message_back(layer, monkeypatch):
             self.result = KilledOnHandOver()
 
     monkeypatch.setattr(receiving, "Waiter", Waiter)
+
+
+def test_killed_receiver_puts_its_message_back(layer, monkeypatch):
+    """A receiver killed after its message left Redis but before it ran pushes it back."""
+    receivers = []
+    kill_receivers_on_hand_over(monkeypatch, receivers)
     receivers.append(gevent.spawn(layer.receive, ["kill"], block=True))
     wait_until(lambda: layer._fetchers, message="the receiver to wait")
     layer.send("kill", {"n": 1})

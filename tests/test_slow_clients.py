@@ -21,8 +21,7 @@ from tests.test_tls import certificate as tls_certificate
 from tests.test_tls import client_context, live_tls_server
 
 from .conftest import free_port
-from .runmodes.process import ServerProcess, http_get
-from .test_gunicorn import gunicorn
+from .runmodes.process import ServerProcess, gunicorn, http_get
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -8,8 +8,7 @@ import json
 import pytest
 
 from .conftest import free_port
-from .runmodes.process import BIN, ServerProcess, manage
-from .test_gunicorn import gunicorn
+from .runmodes.process import BIN, ServerProcess, gunicorn, manage
 
 MISSPELLED_BACKEND = {"RM_BACKEND": "geventchannels.layers.InMemoryChanelLayer"}
 BACKEND_HINT = "Did you mean geventchannels.layers.InMemoryChannelLayer?"

@@ -33,8 +33,7 @@ from geventchannels.test.live import LiveServer
 from tests.livesrv import Recorder
 
 from .conftest import free_port
-from .runmodes.process import BIN, ServerProcess
-from .test_gunicorn import gunicorn
+from .runmodes.process import BIN, ServerProcess, gunicorn
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -117,6 +117,22 @@ def manage(*arguments: str) -> list[str]:
     return [PYTHON, "manage.py", *arguments]
 
 
+def gunicorn(port: int, *options: str) -> list[str]:
+    """The test project under ``gunicorn -k geventchannels.gunicorn.Worker`` on ``port``."""
+    return [
+        str(BIN / "gunicorn"),
+        "-k",
+        "geventchannels.gunicorn.Worker",
+        "-b",
+        f"127.0.0.1:{port}",
+        "--no-control-socket",
+        "--graceful-timeout",
+        "5",
+        *options,
+        "rmproject.wsgi",
+    ]
+
+
 def http_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
