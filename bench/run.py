@@ -26,6 +26,8 @@ from harness.workloads import FULL, QUICK, WORKLOADS, Context
 BENCH = environment.BENCH
 QUICK_SYSTEMS = [systems.PROJECT, "bare"]
 REDIS_WORKLOADS = {"broadcast_redis", "ws_echo_redis", "task_redis", "delay"}
+#: Workloads that load their servers with the C echo client (bench/loadgen/wsecho.c).
+NATIVE_ECHO_WORKLOADS = {"ws_echo_redis"}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -139,6 +141,9 @@ def run(args: argparse.Namespace, scratch: Path) -> int:
         anchors=anchors,
         node=environment.node_loadgen(),
         wrk=wrk_path,
+        native_echo=environment.native_echo(scratch / "bin")
+        if NATIVE_ECHO_WORKLOADS & set(args.workloads)
+        else None,
         server_cpus="0" if pin else None,
         client_cpus="1" if pin else None,
         redis_binary=environment.redis_server() if REDIS_WORKLOADS & set(args.workloads) else None,
@@ -152,7 +157,9 @@ def run(args: argparse.Namespace, scratch: Path) -> int:
         "client_cpus": ctx.client_cpus,
         "open_files": files_limit,
         "project_runner": runner,
-        "loadgen": "node + " + ("wrk" if wrk_path else "node http"),
+        "loadgen": "node + "
+        + ("wrk" if wrk_path else "node http")
+        + (" + wsecho (C)" if ctx.native_echo else ""),
     }
     machine = environment.machine(anchors, wrk_path)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")

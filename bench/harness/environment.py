@@ -1,8 +1,10 @@
 """What the harness needs on the machine, installed on first use, and a description of it.
 
 The anchors live in their own virtualenv (bench/.venv-anchors) so that Channels 4, daphne and
-uvicorn never touch the project's environment. The load generator is Node (bench/loadgen) and
-wrk for plain HTTP; both are installed here when missing and we are root.
+uvicorn never touch the project's environment. The load generator is Node (bench/loadgen), wrk
+for plain HTTP, and a small C echo client (bench/loadgen/wsecho.c, built with the machine's C
+compiler) for the workloads whose servers share the cores with it; all are installed here when
+missing and we are root.
 """
 
 from __future__ import annotations
@@ -84,6 +86,20 @@ def node_loadgen() -> list[str]:
             stdout=subprocess.DEVNULL,
         )
     return [node, str(LOADGEN / "loadgen.js")]
+
+
+def native_echo(build_dir: Path) -> str:
+    """The C echo client, compiled into ``build_dir`` (a fraction of a second)."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        if not _can_apt():
+            raise RuntimeError("no C compiler on PATH: install one (apt-get install gcc)")
+        apt_install("gcc", "libc6-dev")
+        compiler = shutil.which("gcc")
+    binary = build_dir / "wsecho"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    subprocess.run([str(compiler), "-O2", "-o", str(binary), str(LOADGEN / "wsecho.c")], check=True)
+    return str(binary)
 
 
 def wrk(install: bool) -> str | None:

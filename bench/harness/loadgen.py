@@ -1,4 +1,5 @@
-"""Drives the load generators: the Node one (bench/loadgen/loadgen.js) and wrk for HTTP."""
+"""Drives the load generators: the Node one (bench/loadgen/loadgen.js), the C echo client
+(bench/loadgen/wsecho.c) and wrk for HTTP."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import re
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from harness import procs
 
@@ -91,6 +93,29 @@ class Node:
             return result
         finally:
             procs.stop(process, grace=1.0)
+
+
+class NativeEcho(Node):
+    """The C echo client: the Node one's ``echo`` mode (plain text frames, no logins, no
+    compression, no pauses) at a few microseconds of CPU per round trip instead of tens,
+    for workloads whose servers share the cores with the load generator."""
+
+    def _start(self, mode: str, config: dict, stdin=subprocess.DEVNULL) -> subprocess.Popen:
+        unsupported = {"logins", "deflate", "pause_ms"} & set(config)
+        if mode != "echo" or unsupported:
+            raise LoadgenError(f"the C echo client does not do {mode} {sorted(unsupported)}")
+        url = urlsplit(config["url"])
+        arguments = [
+            url.hostname or "127.0.0.1",
+            str(url.port or 80),
+            url.path or "/",
+            str(config["connections"]),
+            str(config.get("warmup_s", 0)),
+            str(config["duration_s"]),
+            str(config.get("payload", 32)),
+        ]
+        command = procs.pinned([*self.command, *arguments], self.cpus)
+        return procs.start(command, self.logs / "loadgen-wsecho.log", stdout=subprocess.PIPE)
 
 
 def _readline(process: subprocess.Popen, timeout: float) -> bytes:

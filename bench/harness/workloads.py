@@ -16,7 +16,7 @@ from pathlib import Path
 
 from harness import procs
 from harness.delayed import delay
-from harness.loadgen import Node, latency_ms, wrk
+from harness.loadgen import NativeEcho, Node, latency_ms, wrk
 from harness.scaling import task_redis, ws_echo_redis
 from harness.systems import Server
 
@@ -81,6 +81,7 @@ class Context:
     anchors: Path | None
     node: list[str]
     wrk: str | None
+    native_echo: str | None
     server_cpus: str | None
     client_cpus: str | None
     redis_binary: str | None = None
@@ -94,6 +95,14 @@ class Context:
 
     def loadgen(self, cpus: str | None = "client") -> Node:
         return Node(self.node, self.logs, self.client_cpus if cpus == "client" else cpus)
+
+    def echo_loadgen(self, cpus: str | None = "client") -> Node:
+        """The C echo client (Node's echo mode, at a fraction of its CPU)."""
+        if self.native_echo is None:
+            raise RuntimeError("this workload needs the C echo client (bench/loadgen/wsecho.c)")
+        return NativeEcho(
+            [self.native_echo], self.logs, self.client_cpus if cpus == "client" else cpus
+        )
 
     def redis_url(self) -> str:
         """A private redis-server on a free port, started on first use, flushed for every use."""
