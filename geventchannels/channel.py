@@ -16,6 +16,7 @@ from gevent import getcurrent
 
 from . import DEFAULT_CHANNEL_LAYER
 from .delay.messages import DELAY_CHANNEL, delay_message
+from .exceptions import ChannelLayerUnavailable
 from .layers.base import BaseChannelLayer, copy_message
 
 logger = logging.getLogger(__name__)
@@ -36,12 +37,15 @@ def start_buffering() -> list[BufferedSend]:
     return buffer
 
 
-def flush_buffered() -> None:
+def flush_buffered() -> ChannelLayerUnavailable | None:
     """Send what this greenlet buffered and stop buffering. A send that fails (the
-    channel is full) is logged and does not stop the others."""
+    channel is full) is logged and does not stop the others. Sends that find the layer
+    unreachable are not logged one by one: the first such error is returned, for the
+    caller to report once (the consumer pool counts it as the consumer's failure)."""
     buffer = pending_sends.pop(getcurrent(), None)
     if not buffer:
-        return
+        return None
+    unavailable = None
     for layer, name, content, group in buffer:
         try:
             if group:
@@ -49,6 +53,8 @@ def flush_buffered() -> None:
             else:
                 # The buffer's copy was made for this send and nobody else holds it.
                 layer.send_owned(name, content, checked=True)
+        except ChannelLayerUnavailable as error:
+            unavailable = unavailable or error
         except Exception as error:
             logger.error(
                 "message from a consumer to %r was not sent: %s: %s",
@@ -56,6 +62,7 @@ def flush_buffered() -> None:
                 type(error).__name__,
                 error,
             )
+    return unavailable
 
 
 def discard_buffered() -> None:

@@ -235,7 +235,8 @@ SETTINGS: tuple[Setting, ...] = (
         "WebSocket",
         5.0,
         seconds,
-        "Seconds the websocket.connect consumer may take to accept or reject; then 403.",
+        "Seconds the websocket.connect consumer may take to accept or reject; then 403 (503 "
+        "if no consumer was free to take it).",
         SERVING,
         aliases=("--websocket_handshake_timeout",),
     ),

@@ -7,7 +7,10 @@ buffered sends, the consumer signals, and what each way of ending means.
 | raises ConsumeLater                      | they are dropped, the message is put back    |
 | raises a ChannelSocketException          | they are sent, then the exception acts       |
 | raises DenyConnection (websocket.connect)| they are dropped, the handshake is refused   |
-| raises anything else                     | they are dropped, the traceback is logged    |
+| cannot reach the layer (raises, or its   | they are dropped, counted (no traceback); a  |
+| sends find ChannelLayerUnavailable)      | handshake gets 503, a WebSocket close 1013   |
+| raises anything else                     | they are dropped, the traceback is logged;   |
+|                                          | a handshake is refused at once (500)         |
 
 A consumer that fails again with the same error (same type and text) within
 logs.TALLY_INTERVAL is not logged again in full: the repeats are counted, one line per
@@ -26,7 +29,13 @@ from gevent import getcurrent
 
 from . import logs
 from .channel import discard_buffered, flush_buffered, start_buffering
-from .exceptions import ChannelFull, ChannelSocketException, ConsumeLater, DenyConnection
+from .exceptions import (
+    ChannelFull,
+    ChannelLayerUnavailable,
+    ChannelSocketException,
+    ConsumeLater,
+    DenyConnection,
+)
 from .message import Message
 from .signals import send_consumer_finished, send_consumer_started
 from .utils import name_that_thing
@@ -39,6 +48,10 @@ logger = logging.getLogger("geventchannels.worker")
 
 #: Content key counting how often ConsumeLater put a message back (as in Channels 1.x).
 RETRIES_KEY = "__retries__"
+
+#: Close codes a failed consumer's socket gets; before the handshake is answered the
+#: server turns them into 1013: 503 and 1011: 500 (server/handshake.py REFUSALS).
+TRY_AGAIN_LATER, INTERNAL_ERROR = 1013, 1011
 
 #: Puts a message back on its channel for ConsumeLater; raises ChannelFull when full.
 PutBack = Callable[[str, dict], None]
@@ -70,6 +83,11 @@ class ConsumerCalls:
         self.running: dict[gevent.Greenlet, tuple[Callable, float]] = {}
         #: (consumer name, error type, error text) -> the Tally counting its repeats.
         self._failures: dict[tuple[str, str, str], logs.Tally] = {}
+        self._unreachable = logs.Tally(
+            "%d consumer run(s) could not reach the channel layer (latest: %s on %s: %s); "
+            "their sends were dropped, their WebSockets told to try again later",
+            logger,
+        )
 
     def handle(self, channel: str, content: dict, offered: bool = False) -> None:
         """Run the consumer routed for one message, with its sends buffered."""
@@ -99,19 +117,24 @@ class ConsumerCalls:
             discard_buffered()
             self._consume_later(channel, content, offered)
         except ChannelSocketException as error:
-            flush_buffered()
+            self._flush(message, consumer)
             self._run_socket_exception(error, message, consumer)
         except DenyConnection:
             discard_buffered()
             self._deny(message, consumer)
+        except ChannelLayerUnavailable as error:
+            discard_buffered()
+            self._unavailable(message, consumer, error)
         except Exception as error:
             discard_buffered()
             self._failed(consumer, channel, error)
+            if channel == "websocket.connect":
+                _close(message, INTERNAL_ERROR)
         except BaseException:
             discard_buffered()
             raise
         else:
-            flush_buffered()
+            self._flush(message, consumer)
         finally:
             self.running.pop(running, None)
             try:
@@ -141,6 +164,22 @@ class ConsumerCalls:
             repeats.add(logged=True)
         else:
             repeats.add(logs.TALLY_INTERVAL, name, _shown(error), channel)
+
+    def _flush(self, message: Message, consumer: Callable) -> None:
+        unavailable = flush_buffered()
+        if unavailable is not None:
+            self._unavailable(message, consumer, unavailable)
+
+    def _unavailable(
+        self, message: Message, consumer: Callable, error: ChannelLayerUnavailable
+    ) -> None:
+        """A consumer that could not reach the layer (Redis down) is counted, not logged
+        with a traceback (the layer logs the outage once), and its WebSocket is told to
+        try again later: a handshake gets 503, an open socket close 1013."""
+        channel = message.channel_name
+        self._unreachable.add(self.name(consumer), channel, error)
+        if channel in ("websocket.connect", "websocket.receive"):
+            _close(message, TRY_AGAIN_LATER)
 
     @staticmethod
     def _socket_closed(message: Message) -> None:
@@ -239,6 +278,16 @@ class ConsumerCalls:
             except TypeError:
                 pass
             return name
+
+
+def _close(message: Message, code: int) -> None:
+    """Close (or refuse) the message's WebSocket with ``code``; if its reply channel is
+    behind the unreachable layer too, its server's own timeouts answer it."""
+    if message.reply_channel is not None:
+        try:
+            message.reply_channel.send({"close": code}, immediately=True)
+        except Exception as error:
+            logger.debug("could not close %s: %s", message.reply_channel, error)
 
 
 def _shown(error: Exception, limit: int = 200) -> str:

@@ -258,6 +258,16 @@ class Worker:
             count += sum(1 for name, _c, offered in waiting if offered and channel in (None, name))
         return count, oldest
 
+    def withdraw(self, content: dict) -> bool:
+        """Take back an offered message still waiting for a free consumer greenlet (a
+        handshake given up on), so that it never runs; False if a consumer took it."""
+        for index, (channel, queued, offered, _since) in enumerate(self._queue):
+            if queued is content and offered:
+                del self._queue[index]
+                self._unqueued(channel, content, offered)
+                return True
+        return False
+
     # -- dispatch: one synchronous step, so that dispatch order is run order ----------
 
     def _dispatch(self, channel: str, content: dict, offered: bool, first: bool = False) -> None:
@@ -307,24 +317,29 @@ class Worker:
         queue, busy = self._queue, self._busy
         while queue:
             channel, content, offered, _since = queue.popleft()
-            if offered:
-                self._queued[channel] -= 1
-            reply = content.get("reply_channel") if self.ordered else None
-            if type(reply) is str:
-                left = self._queued_replies[reply] - 1
-                if left:
-                    self._queued_replies[reply] = left
-                else:
-                    del self._queued_replies[reply]
+            reply = self._unqueued(channel, content, offered)
+            if reply is not None:
                 waiting = busy.get(reply)
                 if waiting is not None:
                     waiting.append((channel, content, offered))
                     continue
                 busy[reply] = deque()
-            else:
-                reply = None
             return channel, content, reply, offered
         return None
+
+    def _unqueued(self, channel: str, content: dict, offered: bool) -> str | None:
+        """Count a message out of the queue; its reply_channel when ordered."""
+        if offered:
+            self._queued[channel] -= 1
+        reply = content.get("reply_channel") if self.ordered else None
+        if type(reply) is not str:
+            return None
+        left = self._queued_replies[reply] - 1
+        if left:
+            self._queued_replies[reply] = left
+        else:
+            del self._queued_replies[reply]
+        return reply
 
     def _take_greenlet(self, job: Job) -> None:
         self._free -= 1

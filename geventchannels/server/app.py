@@ -197,7 +197,7 @@ class ChannelsApplication:
         """Send a message the server built for one of its sockets (and never touches
         again): straight to this process's consumer pool when it consumes ``channel``
         (local first), else through the layer. Raises ChannelFull and MessageTooLarge
-        either way."""
+        either way, and ChannelLayerUnavailable when the layer cannot be reached."""
         worker = self.worker
         if worker is not None and worker.takes(channel):
             worker.offer(channel, message)
@@ -235,6 +235,12 @@ class ChannelsApplication:
             return self._poll_for_room(channel, message, deadline)
         finally:
             line.release()
+
+    def withdraw(self, message: dict) -> bool:
+        """Take back a message ``send_now`` offered this process's consumer pool if no
+        consumer took it yet (True), so that it never runs: a handshake given up on."""
+        worker = self.worker
+        return worker is not None and worker.withdraw(message)
 
     def _poll_for_room(self, channel: str, message: dict, deadline: float) -> bool:
         pause = 0.001

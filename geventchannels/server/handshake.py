@@ -115,6 +115,22 @@ def accepts(reply: dict) -> bool:
     return not reply.get("close")
 
 
+#: A refusing reply's close code -> the handshake's HTTP status and body: 1013 (try again
+#: later: the consumer could not reach the channel layer) 503, 1011 (internal error: the
+#: websocket.connect consumer raised) 500; any other refusal 403.
+REFUSALS = {
+    1011: (500, "WebSocket connection refused: the server failed to handle it.\n"),
+    1013: (503, "Service unavailable, try again later.\n"),
+}
+REFUSED = (403, "WebSocket connection refused.\n")
+
+
+def refusal_response(reply: dict) -> tuple[int, str]:
+    """(status, body) of the HTTP response to a handshake ``reply`` refuses."""
+    close = reply.get("close")
+    return REFUSALS.get(close, REFUSED) if type(close) is int else REFUSED
+
+
 def choose_subprotocol(offered: list[str], supported: list[str]) -> str | None:
     """The first of the server's CHANNELS_WS_PROTOCOLS that the client offered."""
     for protocol in supported:

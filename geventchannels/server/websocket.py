@@ -6,8 +6,12 @@ Lifecycle (``run`` executes in the pywsgi handler greenlet that parsed the reque
    a Host or Origin the policy refuses gets 403, see handshake.refusal).
 2. ``websocket.connect`` is sent and the handshake is HELD until the first reply on the
    connection's reply channel: ``accept: True`` or ``text``/``bytes`` accept (101),
-   ``accept: False`` or ``close`` reject (403), no reply within the handshake timeout: 403,
-   a ``websocket.connect`` channel that stays full for CONNECT_PATIENCE seconds: 503.
+   ``accept: False`` or ``close`` reject (403; ``close: 1013`` 503, ``close: 1011`` 500:
+   what the consumer pool sends when the consumer could not reach the channel layer, or
+   raised), no reply within the handshake timeout: 403, or 503 when the message was
+   still waiting for a free consumer greenlet of this process (it is taken back). A
+   ``websocket.connect`` channel that stays full for CONNECT_PATIENCE seconds, or a
+   channel layer that cannot be reached: 503 (a frame: close 1013).
 3. The same greenlet reads the socket; the engine (frames.py) turns its bytes into whole
    messages, each sent as ``websocket.receive`` (``order`` 1, 2, ...). When the bytes end
    in a protocol violation, the consumers get up to ANSWER_PATIENCE seconds to answer the
@@ -33,7 +37,7 @@ from typing import TYPE_CHECKING
 from gevent.event import Event
 from websockets.http11 import Response
 
-from ..exceptions import MessageTooLarge
+from ..exceptions import ChannelLayerUnavailable, MessageTooLarge
 from ..logs import Tally
 from . import handshake
 from .frames import OPEN_STATE, FrameEngine, LazyDeflate, Message, accept_bytes, check_handshake
@@ -77,6 +81,20 @@ _connect_refused = Tally(
 _receive_full = Tally(
     "%d WebSocket(s) closed with 1013: the websocket.receive channel stayed full for %s s "
     "(latest: %s). Run more consumers or raise that channel's capacity.",
+    _tally_logger,
+)
+_connect_undispatched = Tally(
+    "%d WebSocket handshake(s) answered 503: no consumer took websocket.connect within the "
+    "handshake timeout (%s s; latest: %s), every consumer greenlet is busy (see the pool's "
+    "warning for what runs)",
+    _tally_logger,
+)
+_connect_unavailable = Tally(
+    "%d WebSocket handshake(s) answered 503: websocket.connect could not be sent (latest: %s)",
+    _tally_logger,
+)
+_receive_unavailable = Tally(
+    "%d WebSocket(s) closed with 1013: websocket.receive could not be sent (latest: %s)",
     _tally_logger,
 )
 _disconnect_full = Tally(
@@ -176,26 +194,27 @@ class WebSocketConnection(FrameWriter):
         try:
             sent = app.send_when_room("websocket.connect", message, patience)
         except MessageTooLarge:
-            self._send_plain(plain_response(431, "Request headers too large.\n"))
-            self._log("REJECT")
-            return False
+            return self._reject(431, "Request headers too large.\n")
+        except ChannelLayerUnavailable as error:
+            _connect_unavailable.add(error)
+            return self._reject(*handshake.REFUSALS[1013])
         if not sent:
             _connect_refused.add(patience, self.path)
-            self._send_plain(plain_response(503, "Server busy.\n"))
-            self._log("REJECT")
-            return False
+            return self._reject(503, "Server busy.\n")
         decision = self._await_decision(timeout - (_monotonic() - started))
-        if decision is None or not handshake.accepts(decision):
-            if decision is None:
-                logger.warning(
-                    "websocket.connect for %s not answered within %s seconds; rejecting "
-                    "(raise WEBSOCKET_HANDSHAKE_TIMEOUT or answer sooner)",
-                    self.path,
-                    config.websocket_handshake_timeout,
-                )
-            self._send_plain(plain_response(403, "WebSocket connection refused.\n"))
-            self._log("REJECT")
-            return False
+        if decision is None:
+            if app.withdraw(message):
+                _connect_undispatched.add(timeout, self.path)
+                return self._reject(503, "Server busy.\n")
+            logger.warning(
+                "websocket.connect for %s not answered within %s seconds; rejecting "
+                "(raise WEBSOCKET_HANDSHAKE_TIMEOUT or answer sooner)",
+                self.path,
+                config.websocket_handshake_timeout,
+            )
+            return self._reject(*handshake.REFUSED)
+        if not handshake.accepts(decision):
+            return self._reject(*handshake.refusal_response(decision))
         subprotocol = handshake.subprotocol(handler, decision, config.ws_protocols)
         leftover = handshake.take_buffered_input(handler)
         try:
@@ -279,6 +298,9 @@ class WebSocketConnection(FrameWriter):
             if not self.app.send_when_room("websocket.receive", message, FULL_PATIENCE):
                 _receive_full.add(FULL_PATIENCE, self.reply_channel)
                 self.close(1013)
+        except ChannelLayerUnavailable as error:
+            _receive_unavailable.add(error)
+            self.close(1013)
         except MessageTooLarge:
             logger.warning(
                 "%s: a %d-byte message does not fit the channel layer's max_message_size "
@@ -448,6 +470,12 @@ class WebSocketConnection(FrameWriter):
             self._flush()
 
     # -- helpers ---------------------------------------------------------------
+
+    def _reject(self, status: int, text: str) -> bool:
+        """Answer the handshake with ``status``; False, for ``_handshake`` to return."""
+        self._send_plain(plain_response(status, text))
+        self._log("REJECT")
+        return False
 
     def _log(self, event: str) -> None:
         access_log.info("WebSocket %s %s [%s]", event, self.path, self.peer)

@@ -121,8 +121,10 @@ def run_consumer(consumer: Callable[..., T], message: Message, kwargs: dict) -> 
             try:
                 result = consumer(message, **kwargs)
             except ChannelSocketException as error:
-                flush_buffered()
+                unavailable = flush_buffered()
                 error.run(message)
+                if unavailable is not None:
+                    raise unavailable from error
                 return None
             except DenyConnection:
                 discard_buffered()
@@ -137,7 +139,9 @@ def run_consumer(consumer: Callable[..., T], message: Message, kwargs: dict) -> 
                 discard_buffered()
                 raise
             commits.run_released()
-            flush_buffered()
+            unavailable = flush_buffered()
+            if unavailable is not None:
+                raise unavailable
             return result
         finally:
             consumer_finished.send(sender=Client)
