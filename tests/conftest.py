@@ -1,4 +1,5 @@
-"""Shared fixtures: Django settings, a real redis-server on a free port, free ports.
+"""Shared fixtures: Django settings, a real redis-server on a free port, free ports, a
+headless Chromium for the browser tests.
 
 The suite runs under ``python -m gevent.monkey --module pytest`` (see the Makefile), so
 everything here is already gevent-patched.
@@ -116,3 +117,49 @@ def redis_url(redis_server) -> str:
     """The URL of an empty Redis database."""
     redis_server.flushall()
     return redis_server.url
+
+
+#: Debian's Chromium for the browser tests (tests/test_demo_browser.py, test_js_client.py).
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+WAIT_MS = 10_000
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Headless Debian Chromium under Playwright (never Playwright's downloaded browsers),
+    launched once for the session: a launch costs more than most browser tests."""
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(
+            f"{CHROMIUM} is missing: run `make system-deps` as root (or apt-get install chromium)"
+        )
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright is missing: pip install -e '.[test]'")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=WAIT_MS
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def browser(chromium):
+    """The session's Chromium; the contexts (cookies, pages, sockets) a test opens are
+    closed when it ends, so no test sees another's."""
+    yield chromium
+    for context in chromium.contexts:
+        context.close()

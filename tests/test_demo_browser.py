@@ -22,21 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import free_port, wait_for_port
+from .conftest import WAIT_MS, free_port, wait_for_port
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo_project"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-WAIT_MS = 10_000
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -93,27 +81,6 @@ def demo_url(request) -> Iterator[str]:
         server.kill()
         server.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-@pytest.fixture
-def browser():
-    """Headless Debian Chromium under Playwright (never Playwright's downloaded browsers)."""
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(
-            f"{CHROMIUM} is missing: run `make system-deps` as root (or apt-get install chromium)"
-        )
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("playwright is missing: pip install -e '.[test]'")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=WAIT_MS
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def open_chat(browser, url: str, name: str):

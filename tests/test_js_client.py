@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, wait_for_port
-from tests.test_demo_browser import WAIT_MS, browser  # noqa: F401  (the fixture)
+from tests.conftest import WAIT_MS, free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MANAGE = ROOT / "tests" / "jsclient" / "manage.py"
@@ -88,7 +87,7 @@ def own_site(tmp_path):
         yield site
 
 
-def open_page(browser, site: Site, kind: str = "module"):  # noqa: F811
+def open_page(browser, site: Site, kind: str = "module"):
     page = browser.new_context().new_page()
     page.set_default_timeout(WAIT_MS)
     page.goto(f"{site.url}/{kind}/")
@@ -119,7 +118,7 @@ def connect(page, key: str = "b", **options) -> None:
     page.wait_for_function(f"window.logs.{key}.opens === 1")
 
 
-def test_it_connects_and_demultiplexes_two_streams(browser, site):  # noqa: F811
+def test_it_connects_and_demultiplexes_two_streams(browser, site):
     page = open_page(browser, site)
     connect(page)
     page.evaluate("""() => {
@@ -133,7 +132,7 @@ def test_it_connects_and_demultiplexes_two_streams(browser, site):  # noqa: F811
     )
 
 
-def test_it_survives_a_server_restart_and_sends_what_was_queued(browser, own_site):  # noqa: F811
+def test_it_survives_a_server_restart_and_sends_what_was_queued(browser, own_site):
     site = own_site
     page = open_page(browser, site)
     connect(page)
@@ -157,7 +156,7 @@ def test_it_survives_a_server_restart_and_sends_what_was_queued(browser, own_sit
 
 
 @pytest.mark.parametrize("code", [1000, 1008, 4000, 4999])
-def test_it_stops_on_the_applications_close_codes(browser, site, code):  # noqa: F811
+def test_it_stops_on_the_applications_close_codes(browser, site, code):
     page = open_page(browser, site)
     connect(page)
     page.evaluate(f"bridges.b.stream('bye').send({{code: {code}}})")
@@ -170,7 +169,7 @@ def test_it_stops_on_the_applications_close_codes(browser, site, code):  # noqa:
 
 
 @pytest.mark.parametrize("code", [1011, 1012, 1013])
-def test_it_reconnects_on_server_trouble_codes(browser, site, code):  # noqa: F811
+def test_it_reconnects_on_server_trouble_codes(browser, site, code):
     page = open_page(browser, site)
     connect(page)
     page.evaluate(f"bridges.b.stream('bye').send({{code: {code}}})")
@@ -181,7 +180,7 @@ def test_it_reconnects_on_server_trouble_codes(browser, site, code):  # noqa: F8
     assert page.evaluate("logs.b.received") == [["upper", {"upper": "BACK"}]]
 
 
-def test_closing_from_the_page_is_final(browser, site):  # noqa: F811
+def test_closing_from_the_page_is_final(browser, site):
     page = open_page(browser, site)
     connect(page)
     page.evaluate("bridges.b.close()")
@@ -189,7 +188,7 @@ def test_closing_from_the_page_is_final(browser, site):  # noqa: F811
     assert page.evaluate("logs.b.closes[0]") == {"code": 1000, "reconnect": False}
 
 
-def test_the_classic_script_works_the_same(browser, site):  # noqa: F811
+def test_the_classic_script_works_the_same(browser, site):
     page = open_page(browser, site, "classic")
     assert page.evaluate("typeof channels.WebSocketBridge") == "function"
     connect(page)
@@ -198,7 +197,7 @@ def test_the_classic_script_works_the_same(browser, site):  # noqa: F811
     assert page.evaluate("logs.b.received") == [["echo", {"echo": {"classic": True}}]]
 
 
-def test_urls_queue_limit_and_back_off(browser, site):  # noqa: F811
+def test_urls_queue_limit_and_back_off(browser, site):
     page = open_page(browser, site)
     resolve = "([path, base]) => client.resolveUrl(path, base)"
     assert page.evaluate(resolve, ["streams/", "http://h:1/page/"]) == "ws://h:1/page/streams/"
