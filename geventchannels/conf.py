@@ -55,6 +55,13 @@ def positive_int(value: Any) -> int:
 positive_int.expects = "a whole number of at least 1"  # type: ignore[attr-defined]
 
 
+def whole_or_off(value: Any) -> int:
+    return _whole(value, 0)
+
+
+whole_or_off.expects = "a whole number, or 0 to turn it off"  # type: ignore[attr-defined]
+
+
 def _seconds(value: Any, zero_allowed: bool) -> float:
     if isinstance(value, bool):
         raise ValueError
@@ -227,6 +234,24 @@ SETTINGS: tuple[Setting, ...] = (
         positive_int,
         "Bytes of one request head (request line, headers, the empty line); a larger one "
         "gets 431. Also bounds a chunked body's trailer section.",
+        SERVING,
+    ),
+    Setting(
+        "HTTP_BODY_TIMEOUT",
+        "HTTP",
+        30.0,
+        seconds,
+        "Seconds a request body being read may go without a byte arriving; then the read "
+        "fails, the client gets 408 if no response started, and the connection is closed.",
+        SERVING,
+    ),
+    Setting(
+        "HTTP_BODY_MIN_RATE",
+        "HTTP",
+        500,
+        whole_or_off,
+        "Bytes per second a request body must average once it has kept the server waiting "
+        "HTTP_BODY_TIMEOUT seconds in all; slower ones end like a timeout. 0 turns it off.",
         SERVING,
     ),
     # WebSocket

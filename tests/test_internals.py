@@ -59,12 +59,13 @@ PYWSGI = [
     (pywsgi, "format_date_time", "method", "handler.py _HttpDate"),
     (pywsgi, "unquote_latin1", "method", "handler.py get_environ"),
     (pywsgi, "Input", "method", "handler.py get_environ; body.py RequestBody subclasses it"),
-    (pywsgi, "_InvalidClientInput", "attribute", "body.py BadBody subclasses it"),
     (pywsgi.Input, "_chunked_read", "method", "body.py RequestBody overrides it"),
     (pywsgi.Input, "_send_100_continue", "method", "body.py RequestBody._chunked_read"),
     (pywsgi.Input, "chunk_length", "attribute", "body.py RequestBody._chunked_read"),
     (pywsgi.Input, "_chunked_input_error", "attribute", "body.py RequestBody._fail"),
-    (pywsgi.WSGIHandler, "_handle_client_error", "method", "handler.py overrides it"),
+    (pywsgi.Input, "_do_read", "method", "body.py RequestBody overrides it"),
+    (pywsgi.Input, "_discard", "method", "body.py RequestBody overrides it"),
+    (pywsgi.Input, "position", "attribute", "body.py RequestBody._do_read"),
     (pywsgi.WSGIServer, "wrap_socket_and_handle", "method", "handler.py overrides it"),
 ]
 GEVENT = [

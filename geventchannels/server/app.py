@@ -19,6 +19,7 @@ from gevent.event import Event
 from gevent.lock import Semaphore
 
 from ..exceptions import ChannelFull
+from .body import BodyWaits
 from .config import ServerConfig
 from .heads import WaitingHeads
 from .interfaces import Endpoint, TrackedSocket
@@ -87,6 +88,10 @@ class ChannelsApplication:
         #: HTTP connections blocked reading a request head (deadlines, eviction).
         self.waiting_heads = WaitingHeads(
             min(self.config.http_head_timeout, self.config.http_keepalive_timeout)
+        )
+        #: HTTP request bodies blocked reading from their client (deadlines).
+        self.waiting_bodies = BodyWaits(
+            self.config.http_body_timeout, self.config.http_body_min_rate
         )
         self.requests_in_flight = 0
         self.started = False

@@ -20,6 +20,8 @@ class ServerConfig:
     http_head_timeout: float = conf.DEFAULTS["HTTP_HEAD_TIMEOUT"]
     http_keepalive_timeout: float = conf.DEFAULTS["HTTP_KEEPALIVE_TIMEOUT"]
     http_max_head_size: int = conf.DEFAULTS["HTTP_MAX_HEAD_SIZE"]
+    http_body_timeout: float = conf.DEFAULTS["HTTP_BODY_TIMEOUT"]
+    http_body_min_rate: int = conf.DEFAULTS["HTTP_BODY_MIN_RATE"]
     websocket_handshake_timeout: float = conf.DEFAULTS["WEBSOCKET_HANDSHAKE_TIMEOUT"]
     websocket_max_message_size: int = conf.DEFAULTS["WEBSOCKET_MAX_MESSAGE_SIZE"]
     websocket_max_frame_size: int = conf.DEFAULTS["WEBSOCKET_MAX_FRAME_SIZE"]

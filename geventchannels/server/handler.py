@@ -12,6 +12,8 @@ response instead of holding the process while its client keeps up. Besides,
 - it sets TCP_NODELAY on the accepted socket,
 - a head must arrive within HTTP_HEAD_TIMEOUT and HTTP_MAX_HEAD_SIZE, an idle keep-alive
   connection is closed after HTTP_KEEPALIVE_TIMEOUT (heads.py),
+- a body is read within HTTP_BODY_TIMEOUT and HTTP_BODY_MIN_RATE; one that cannot be read
+  to its end gets 400 or 408 (if no response started) and its connection closed (body.py),
 - at MAX_CONNECTIONS a new connection takes the slot of the one that has waited longest
   for a head, or gets 503 at once when none waits,
 - a ``GET`` with ``Upgrade: websocket`` becomes a WebSocket connection (``websocket.py``),
@@ -48,12 +50,12 @@ from gevent import get_hub, getcurrent, pywsgi
 
 from ..logs import Tally
 from .app import ChannelsApplication
-from .body import RequestBody
+from .body import BodyError, RequestBody
 from .heads import HeadTimeout, read_head
 from .http import RoutedRequest, claiming_route, request_message
 from .http11 import Head, HeadError, RequestHeaders, parse_head
 from .proxy import forwarded
-from .responses import plain_response
+from .responses import plain_response, plain_text
 from .sockets import set_nodelay
 from .websocket import WebSocketConnection
 
@@ -73,6 +75,9 @@ _refused = Tally(
     error_log,
 )
 _bad_heads = Tally("%d request(s) refused (latest: %d from %s: %s)", error_log)
+_bad_bodies = Tally(
+    "%d request(s) closed before their body arrived whole (latest: %s, from %s: %s)", error_log
+)
 
 #: The pause after a keep-alive response: a timer waits for the event loop's next poll,
 #: so every connection that is ready meanwhile is served first (sleep(0) does not poll).
@@ -133,6 +138,8 @@ class ChannelsHandler(pywsgi.WSGIHandler):
     _routed: RoutedRequest | None = None
     _turn: Any = None
     _chunked = False
+    #: What the client got when the application's read of the body failed ("" if none).
+    _body_outcome = ""
     #: A request was served on this connection (the next head is a keep-alive one).
     _served = False
     #: Some of the current head has arrived.
@@ -269,13 +276,6 @@ class ChannelsHandler(pywsgi.WSGIHandler):
         _bad_heads.add(error.status, _peer(self.client_address), error.reason)
         self._send_quietly(plain_response(error.status, f"{error.reason}\n"))
 
-    def _handle_client_error(self, ex: BaseException) -> Any:
-        # pywsgi's hook for a body that breaks the framing (body.py): counted, not logged
-        # once per request. pywsgi then answers 400 if it can and closes the connection.
-        self.close_connection = True
-        _bad_heads.add(400, _peer(self.client_address), str(ex) or type(ex).__name__)
-        return ("400", b"")
-
     def _send_quietly(self, data: bytes) -> None:
         try:
             self.socket.sendall(data)
@@ -311,15 +311,17 @@ class ChannelsHandler(pywsgi.WSGIHandler):
                 env[key] = value
 
         expect_continue = env.get("HTTP_EXPECT", "").lower() == "100-continue"
-        config = self._app.config  # type: ignore[union-attr]
-        body = self.wsgi_input = RequestBody(
+        app = self._app
+        config = app.config  # type: ignore[union-attr]
+        self.wsgi_input = RequestBody(
             self.rfile,
             self.content_length,
             self.socket if expect_continue else None,
             self._chunked,
+            self,
+            app.waiting_bodies,  # type: ignore[union-attr]
+            config.http_max_head_size,
         )
-        if self._chunked:
-            body.trailer_limit = config.http_max_head_size
         # An upgrade request has neither a length nor chunks: its stream is the socket's.
         upgrade = (
             first.get("connection", "").lower() == "upgrade"
@@ -351,23 +353,47 @@ class ChannelsHandler(pywsgi.WSGIHandler):
         finally:
             self._routed = None
             app.request_finished()
+        failure = self.wsgi_input.failure
+        if failure is not None:
+            self.close_connection = True
+            outcome = self._body_outcome or f"after a {self.code}"
+            _bad_bodies.add(outcome, _peer(self.client_address), failure.reason)
 
     def _wants_websocket(self) -> bool:
         upgrade = self.headers._first.get("upgrade")
         return upgrade is not None and upgrade.strip().lower() == "websocket"
 
     def run_application(self) -> None:
-        routed = self._routed
-        if routed is None:
-            return super().run_application()
-        self.result = routed.respond(self.start_response)
+        self._body_outcome = ""
         try:
-            self.process_result()
-        finally:
-            close = getattr(self.result, "close", None)
-            self.result = None
-            if close is not None:
-                close()
+            routed = self._routed
+            if routed is None:
+                return super().run_application()
+            self.result = routed.respond(self.start_response)
+            try:
+                self.process_result()
+            finally:
+                close = getattr(self.result, "close", None)
+                self.result = None
+                if close is not None:
+                    close()
+        except BodyError as error:
+            self._body_failed(error)
+
+    def _body_failed(self, error: BodyError) -> None:
+        """The application's read of the body failed (body.py): answer with the error's
+        status unless the response has started (the client may be gone: then nothing)."""
+        self.close_connection = True
+        if self.headers_sent:
+            self._body_outcome = f"after a {self.code}"
+            return
+        line, headers, body = plain_text(error.status, f"{error.reason}\n")
+        try:
+            self.start_response(line, headers)
+            self.write(body)
+            self._body_outcome = f"answered {error.status}"
+        except OSError:
+            self._body_outcome = "the client is gone"
 
     # -- writing: the head and a small body in one send() ----------------------------
 

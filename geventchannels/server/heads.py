@@ -3,10 +3,9 @@ giving up the slot to a newcomer when the process is full.
 
 A connection waits for a head before its first request (up to ``HTTP_HEAD_TIMEOUT`` from
 the accept) and between keep-alive requests (up to ``HTTP_KEEPALIVE_TIMEOUT`` for the
-first byte, then ``HTTP_HEAD_TIMEOUT`` for the rest of the head). One sweeper greenlet
-checks every deadline, so a waiting connection costs no timer of its own, and it runs only
-while some connection waits. A connection past its deadline gets :class:`HeadTimeout`
-thrown into the read it is blocked in.
+first byte, then ``HTTP_HEAD_TIMEOUT`` for the rest of the head). The deadlines are kept
+by deadlines.py's sweeper (no timer per connection): a connection past its deadline gets
+:class:`HeadTimeout` thrown into the read it is blocked in.
 
 When a new connection finds every slot taken (MAX_CONNECTIONS), the connection that has
 waited longest for a head gives its slot up the same way: clients that send nothing, or a
@@ -22,8 +21,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import gevent
-
+from .deadlines import Deadlines
 from .http11 import MAX_REQUEST_LINE, HeadError
 
 #: Empty lines tolerated before a request line (RFC 9112 2.2: some clients send a CRLF
@@ -73,33 +71,14 @@ def read_head(rfile: Any, limit: int, buffered: bytes) -> bytes | None:
         lines.append(line)
 
 
-class WaitingHeads:
-    """The connections of one process blocked reading a request head, in the order they
-    started waiting (each has a ``greenlet`` and says whether ``head_started``). Deadlines
-    are :func:`time.monotonic` times."""
+class WaitingHeads(Deadlines):
+    """The connections of one process blocked reading a request head (each says whether
+    ``head_started``): their deadlines, and the slot a newcomer takes at MAX_CONNECTIONS."""
 
     def __init__(self, shortest_timeout: float):
-        self.deadlines: dict[Any, float] = {}
-        self._doomed: set[Any] = set()
-        self._sweeper: gevent.Greenlet | None = None
-        #: Seconds between two sweeps: deadlines are kept within about this.
-        self.tick = min(max(shortest_timeout / 4, 0.05), 0.5)
-        #: Connections interrupted so far: past their deadline, or to free a slot.
-        self.expired = 0
+        super().__init__(shortest_timeout, HeadTimeout)
+        #: Connections interrupted to free a slot.
         self.evicted = 0
-
-    def wait(self, connection: Any, deadline: float) -> None:
-        """``connection`` is about to block reading a head, until ``deadline`` at most; a
-        connection already waiting keeps its place in the line with the new deadline."""
-        self.deadlines[connection] = deadline
-        if self._sweeper is None:
-            self._sweeper = gevent.spawn(self._sweep)
-
-    def done(self, connection: Any) -> None:
-        """``connection`` has its head (or has given up): its deadline no longer applies."""
-        self.deadlines.pop(connection, None)
-        if self._doomed:
-            self._doomed.discard(connection)
 
     def hurry_idle(self, deadline: float) -> None:
         """Bring the deadline of every connection that has sent nothing of its next head
@@ -123,29 +102,3 @@ class WaitingHeads:
                 self._interrupt_soon(connection)
                 return True
         return False
-
-    def _interrupt_soon(self, connection: Any) -> None:
-        self._doomed.add(connection)
-        gevent.get_hub().loop.run_callback(self._interrupt, connection)
-
-    def _interrupt(self, connection: Any) -> None:
-        # Runs in the hub, so the connection's greenlet is not running: while it is in
-        # ``deadlines`` it is blocked in the head's read, where the exception lands.
-        self._doomed.discard(connection)
-        if self.deadlines.pop(connection, None) is not None:
-            connection.greenlet.throw(HeadTimeout())
-
-    def _sweep(self) -> None:
-        try:
-            while True:
-                gevent.sleep(self.tick)  # first: the connection that started it is likely done
-                if not self.deadlines:
-                    return
-                now = time.monotonic()
-                late = [c for c, deadline in self.deadlines.items() if deadline <= now]
-                for connection in late:
-                    if connection not in self._doomed:
-                        self.expired += 1
-                        self._interrupt_soon(connection)
-        finally:
-            self._sweeper = None
