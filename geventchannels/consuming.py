@@ -8,9 +8,10 @@ buffered sends, the consumer signals, and what each way of ending means.
 | raises a ChannelSocketException          | they are sent, then the exception acts       |
 | raises DenyConnection (websocket.connect)| they are dropped, the handshake is refused   |
 | cannot reach the layer (raises, or its   | they are dropped, counted (no traceback); a  |
-| sends find ChannelLayerUnavailable)      | handshake gets 503, a WebSocket close 1013   |
+| sends find ChannelLayerUnavailable)      | handshake or routed HTTP request gets 503, a |
+|                                          | WebSocket close 1013                         |
 | raises anything else                     | they are dropped, the traceback is logged;   |
-|                                          | a handshake is refused at once (500)         |
+|                                          | a handshake or routed HTTP request gets 500  |
 
 A consumer that fails again with the same error (same type and text) within
 logs.TALLY_INTERVAL is not logged again in full: the repeats are counted, one line per
@@ -49,9 +50,12 @@ logger = logging.getLogger("geventchannels.worker")
 #: Content key counting how often ConsumeLater put a message back (as in Channels 1.x).
 RETRIES_KEY = "__retries__"
 
-#: Close codes a failed consumer's socket gets; before the handshake is answered the
-#: server turns them into 1013: 503 and 1011: 500 (server/handshake.py REFUSALS).
+#: Close codes a failed consumer's socket or routed HTTP request gets; before the
+#: handshake or response is answered the server turns them into 1013: 503 and 1011: 500
+#: (server/handshake.py REFUSALS, server/http.py FAILURES).
 TRY_AGAIN_LATER, INTERNAL_ERROR = 1013, 1011
+#: Channels whose client waits for the consumer's answer: refused at once if it raises.
+ANSWERED = ("websocket.connect", "http.request")
 
 #: Puts a message back on its channel for ConsumeLater; raises ChannelFull when full.
 PutBack = Callable[[str, dict], None]
@@ -85,7 +89,7 @@ class ConsumerCalls:
         self._failures: dict[tuple[str, str, str], logs.Tally] = {}
         self._unreachable = logs.Tally(
             "%d consumer run(s) could not reach the channel layer (latest: %s on %s: %s); "
-            "their sends were dropped, their WebSockets told to try again later",
+            "their sends were dropped, their clients told to try again later (503, 1013)",
             logger,
         )
 
@@ -128,7 +132,7 @@ class ConsumerCalls:
         except Exception as error:
             discard_buffered()
             self._failed(consumer, channel, error)
-            if channel == "websocket.connect":
+            if channel in ANSWERED:
                 _close(message, INTERNAL_ERROR)
         except BaseException:
             discard_buffered()
@@ -174,11 +178,11 @@ class ConsumerCalls:
         self, message: Message, consumer: Callable, error: ChannelLayerUnavailable
     ) -> None:
         """A consumer that could not reach the layer (Redis down) is counted, not logged
-        with a traceback (the layer logs the outage once), and its WebSocket is told to
-        try again later: a handshake gets 503, an open socket close 1013."""
+        with a traceback (the layer logs the outage once), and its client is told to try
+        again later: a handshake or routed HTTP request gets 503, an open socket 1013."""
         channel = message.channel_name
         self._unreachable.add(self.name(consumer), channel, error)
-        if channel in ("websocket.connect", "websocket.receive"):
+        if channel in ANSWERED or channel == "websocket.receive":
             _close(message, TRY_AGAIN_LATER)
 
     @staticmethod
@@ -281,8 +285,9 @@ class ConsumerCalls:
 
 
 def _close(message: Message, code: int) -> None:
-    """Close (or refuse) the message's WebSocket with ``code``; if its reply channel is
-    behind the unreachable layer too, its server's own timeouts answer it."""
+    """Close (or refuse) the message's WebSocket, or answer its routed HTTP request, with
+    ``code``; if its reply channel is behind the unreachable layer too, its server's own
+    timeouts answer it."""
     if message.reply_channel is not None:
         try:
             message.reply_channel.send({"close": code}, immediately=True)

@@ -134,10 +134,12 @@ CHROMIUM_ARGS = [
 WAIT_MS = 10_000
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():
     """Headless Debian Chromium under Playwright (never Playwright's downloaded browsers),
-    launched once for the session: a launch costs more than most browser tests."""
+    launched once per module: a launch costs more than most browser tests. Not once per
+    session: while Playwright runs, its asyncio loop counts as running in this thread, and
+    Django refuses database calls from an async context in the tests that follow."""
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(
             f"{CHROMIUM} is missing: run `make system-deps` as root (or apt-get install chromium)"

@@ -1,7 +1,9 @@
 """A Redis outage as WebSocket clients and the log see it, against the real server and a
 real redis-server stopped mid-test: handshakes get 503 at once, a socket that sends a
 frame is closed with 1013, the log shows the outage once plus counted summaries (no
-traceback per message), and new handshakes succeed once Redis is back.
+traceback per message), and new handshakes succeed once Redis is back. A Redis that
+drops packets instead (a listener that accepts and never answers) fails commands within
+the layer's socket timeout, and a handshake still gets its 503.
 
 Both paths: local first (the process's own pool runs the consumers, which fail calling
 the layer) and a server without a pool (``--noworker``), which itself sends
@@ -22,7 +24,9 @@ import pytest
 import websocket
 
 from geventchannels import Channel, Group, logs
+from geventchannels.exceptions import ChannelLayerUnavailable
 from geventchannels.layers import RedisChannelLayer
+from geventchannels.layers.redis.connections import SOCKET_TIMEOUT
 from geventchannels.routing import route
 from tests.conftest import RedisServer
 from tests.livesrv import live_server
@@ -254,3 +258,106 @@ def test_without_a_pool_handshakes_get_503_and_frames_1013_while_redis_is_down(o
             return back
 
         wait_until(echoes, 10, "an echo once Redis is back")
+
+
+# -- a Redis that drops packets (a partition): connected, never answering ------------------
+
+
+class SilentRedis:
+    """A TCP listener on 127.0.0.1 that accepts connections and never answers, as a Redis
+    behind a partition looks to its clients (the connection holds, nothing comes back)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self.acceptor = gevent.spawn(self._accept)
+
+    def _accept(self) -> None:
+        while True:
+            self.accepted.append(self.listener.accept()[0])
+
+    def layer(self, **connection_kwargs) -> RedisChannelLayer:
+        return RedisChannelLayer(
+            hosts=[f"redis://127.0.0.1:{self.port}/0"], connection_kwargs=connection_kwargs
+        )
+
+    def close(self) -> None:
+        self.acceptor.kill()
+        for sock in [self.listener, *self.accepted]:
+            sock.close()
+        self.accepted.clear()
+
+
+@pytest.fixture
+def silent() -> Iterator[SilentRedis]:
+    redis = SilentRedis()
+    try:
+        yield redis
+    finally:
+        redis.close()
+
+
+def failing_calls(layer: RedisChannelLayer, count: int) -> list[tuple[type, float]]:
+    """(exception type, seconds until it came) of ``count`` sends made at once and one
+    group_add (redis-py's client, not the pipelined connection)."""
+
+    def timed(call, *args) -> tuple[type, float]:
+        started = time.monotonic()
+        try:
+            call(*args)
+        except Exception as error:
+            return type(error), time.monotonic() - started
+        return type(None), time.monotonic() - started
+
+    calls = [gevent.spawn(timed, layer.send, "jobs", {"n": n}) for n in range(count)]
+    calls.append(gevent.spawn(timed, layer.group_add, "room", "jobs.1"))
+    gevent.joinall(calls, timeout=15, raise_error=True)
+    return [call.value for call in calls]
+
+
+def test_sends_to_a_silent_redis_fail_within_the_default_socket_timeout(silent, log):
+    layer = silent.layer()
+    try:
+        outcomes = failing_calls(layer, 20)
+    finally:
+        layer.close()
+    assert {kind for kind, _ in outcomes} == {ChannelLayerUnavailable}
+    # Each caller waits one socket timeout, not one per batch queued ahead of it, nor
+    # one per retry of redis-py.
+    assert all(SOCKET_TIMEOUT - 0.1 < seconds < SOCKET_TIMEOUT + 1 for _, seconds in outcomes)
+    assert "Timeout reading from socket" in lines(log, "; retrying with back-off")[0]
+
+
+def test_connection_kwargs_set_the_socket_timeout(silent):
+    layer = silent.layer(socket_timeout=0.3)
+    try:
+        outcomes = failing_calls(layer, 5)
+    finally:
+        layer.close()
+    assert {kind for kind, _ in outcomes} == {ChannelLayerUnavailable}
+    assert all(seconds < 1.0 for _, seconds in outcomes), outcomes
+
+
+def test_a_handshake_whose_consumer_meets_a_silent_redis_gets_503_before_its_timeout(silent):
+    with live_server([route("websocket.connect", join_room)], layer=silent.layer()) as server:
+        status, seconds = handshake_status(server)
+        silent.close()  # refused from now on: the server's stop need not wait out timeouts
+    assert status == 503
+    assert seconds < 5.0 - 0.5  # the 403 of WEBSOCKET_HANDSHAKE_TIMEOUT would come at 5 s
+
+
+def test_an_idle_blocking_receive_outlasts_the_socket_timeout(redis_url, log):
+    """A blocking receive waits in Redis longer than the quick commands' socket timeout
+    allows a reply to take: its connection has a timeout of its own."""
+    layer = RedisChannelLayer(hosts=[redis_url], connection_kwargs={"socket_timeout": 0.2})
+    try:
+        started = time.monotonic()
+        assert layer.receive(["idle"], block=True, timeout=1.0) == (None, None)
+        assert time.monotonic() - started >= 1.0
+        layer.send("idle", {"n": 1})
+        assert layer.receive(["idle"], block=True, timeout=1.0) == ("idle", {"n": 1})
+    finally:
+        layer.flush()
+        layer.close()
+    assert not lines(log, "unreachable"), lines(log, "unreachable")

@@ -5,6 +5,11 @@ directly (the fast path) unless an ``http.request`` route of the project claims 
 claimed request is sent as an ``http.request`` message and its greenlet parks until the
 response arrives on its reply channel, possibly much later (long-poll). A parked request
 costs its greenlet, one timeout and one read watcher that notices the client leaving.
+
+A consumer that fails is answered at once, not at HTTP_TIMEOUT: the consumer pool sends
+``{"close": 1013}`` (it could not reach the channel layer) or ``{"close": 1011}`` (it
+raised) to the reply channel, as to a WebSocket (consuming.py); before the response has
+started that is 503 / 500 (FAILURES), after it the connection is cut.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from weakref import WeakKeyDictionary
 from gevent import get_hub
 from gevent.event import Event
 
-from ..exceptions import MessageTooLarge
+from ..exceptions import ChannelLayerUnavailable, MessageTooLarge
 from ..logs import Tally
 from .interfaces import RequestHandler
 from .proxy import forwarded
@@ -42,6 +47,18 @@ _request_refused = Tally(
     "(latest: %s). Run more consumers or raise that channel's capacity.",
     logger,
 )
+_request_unavailable = Tally(
+    "%d routed HTTP request(s) answered 503: http.request could not be sent (latest: %s)",
+    logger,
+)
+
+#: A ``close`` reply's code -> (status, body) of the response: what the consumer pool
+#: sends when the request's consumer could not reach the channel layer (1013) or raised
+#: (1011, and any other code).
+FAILURES = {
+    1011: (500, "Internal server error: the server failed to handle the request.\n"),
+    1013: (503, "Service unavailable, try again later.\n"),
+}
 
 
 # -- message building (shared with the WebSocket code) -------------------------
@@ -225,6 +242,10 @@ class RoutedRequest:
         except MessageTooLarge:
             self._close()
             return _plain(start_response, 413, "Request is too large for the channel layer.\n")
+        except ChannelLayerUnavailable as error:
+            self._close()
+            _request_unavailable.add(error)
+            return _plain(start_response, *FAILURES[1013])
         except Exception:
             self._close()
             raise
@@ -247,6 +268,10 @@ class RoutedRequest:
             return _plain(
                 start_response, 503, f"No response within {app.config.http_timeout} seconds.\n"
             )
+        if "close" in first:
+            self._close()
+            code = first["close"] if type(first["close"]) is int else 1011
+            return _plain(start_response, *FAILURES.get(code, FAILURES[1011]))
         try:
             status = int(first.get("status", 200))
             headers = [(_text(name), _text(value)) for name, value in first.get("headers") or ()]
@@ -280,6 +305,9 @@ class RoutedRequest:
                             self.app.config.http_timeout,
                         )
                         self._abort()
+                    return
+                if "close" in chunk:  # its consumer failed: the pool logged why
+                    self._abort()
                     return
                 yield chunk.get("content") or b""
                 if not chunk.get("more_content"):

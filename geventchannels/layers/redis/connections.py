@@ -12,6 +12,12 @@ from gevent.lock import BoundedSemaphore
 
 #: Longest single blocking call; an idle fetcher or drain looks at its state this often.
 BLOCK_SECONDS = 5.0
+#: Defaults of redis-py's ``socket_timeout`` / ``socket_connect_timeout`` (unbounded in
+#: redis-py): a Redis that drops packets fails a command within them instead of hanging
+#: its caller, and within WEBSOCKET_HANDSHAKE_TIMEOUT (5 s), so a handshake gets its 503.
+SOCKET_TIMEOUT, CONNECT_TIMEOUT = 3.0, 2.0
+#: The socket timeout of blocking receives, which wait in Redis up to BLOCK_SECONDS.
+BLOCKING_SOCKET_TIMEOUT = BLOCK_SECONDS + 10
 #: Back-off between reconnection attempts while Redis is unreachable.
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
 #: The errors that mean "this Redis cannot be reached right now".
@@ -135,6 +141,9 @@ class Pipelined(Connections):
 
     One command or pipeline is in flight at a time, on one connection: Redis runs
     commands one after the other anyway. For quick commands only (never blocking ones).
+    A round trip that finds Redis unreachable fails the commands queued behind it with
+    the same error, so that a silent Redis holds each caller one socket timeout, not one
+    per batch ahead of it.
     """
 
     def __init__(self, pool: redis.ConnectionPool):
@@ -147,6 +156,9 @@ class Pipelined(Connections):
             self._in_flight = True
             try:
                 return self._execute(args)
+            except UNREACHABLE as error:
+                self._fail_queued(error)
+                raise
             finally:
                 self._hand_on()
         queued = _Queued(args)
@@ -170,12 +182,20 @@ class Pipelined(Connections):
         batch[0].batch = batch
         batch[0].ready.set()
 
+    def _fail_queued(self, error: BaseException) -> None:
+        queued, self._queue = self._queue, []
+        for waiting in queued:
+            waiting.error = error
+            waiting.ready.set()
+
     def _lead(self, batch: list[_Queued]) -> None:
         try:
             replies = self._execute_many([queued.args for queued in batch])
         except Exception as error:  # each caller raises it
             for queued in batch:
                 queued.error = error
+            if isinstance(error, UNREACHABLE):
+                self._fail_queued(error)
         except BaseException as error:
             for queued in batch:
                 queued.error = error

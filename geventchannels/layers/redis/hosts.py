@@ -11,10 +11,19 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from .connections import BLOCK_SECONDS, Connections, Pipelined
+from .connections import (
+    BLOCKING_SOCKET_TIMEOUT,
+    CONNECT_TIMEOUT,
+    SOCKET_TIMEOUT,
+    Connections,
+    Pipelined,
+)
 from .shards import ClusterShard, Shard
 
 Host = str | tuple[str, int]
+
+#: What redis-py's connections get unless ``connection_kwargs`` says otherwise.
+SOCKET_DEFAULTS = {"socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": CONNECT_TIMEOUT}
 
 
 class ShardFactory:
@@ -28,8 +37,12 @@ class ShardFactory:
         prefix: str,
         key_ttl: int,
     ):
-        self.connection_kwargs = dict(connection_kwargs or {})
-        self.connection_kwargs.setdefault("retry", Retry(ExponentialBackoff(0.25, 0.025), 2))
+        self.connection_kwargs = {**SOCKET_DEFAULTS, **(connection_kwargs or {})}
+        # A refused connection is retried; a timeout is not: a silent Redis would hold the
+        # caller three times as long, and a command that timed out may have run.
+        self.connection_kwargs.setdefault(
+            "retry", Retry(ExponentialBackoff(0.25, 0.025), 2, (redis.exceptions.ConnectionError,))
+        )
         self.max_connections = max_connections
         self.max_fetchers = max_fetchers
         self.prefix = prefix
@@ -100,7 +113,7 @@ class ShardFactory:
 
     def _blocking_kwargs(self) -> dict[str, Any]:
         kwargs = dict(self.connection_kwargs)
-        kwargs["socket_timeout"] = BLOCK_SECONDS + 10
+        kwargs["socket_timeout"] = BLOCKING_SOCKET_TIMEOUT
         return kwargs
 
     def sentinel(
@@ -112,10 +125,14 @@ class ShardFactory:
     ) -> Shard:
         from redis.sentinel import Sentinel
 
-        sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs, **self.connection_kwargs)
+        sentinel = Sentinel(
+            sentinels,
+            sentinel_kwargs={**SOCKET_DEFAULTS, **sentinel_kwargs},
+            **self.connection_kwargs,
+        )
         # Sentinel's pool fails past max_connections instead of waiting, so it is left unbounded.
         quick = sentinel.master_for(service, db=db)
-        slow = sentinel.master_for(service, db=db, socket_timeout=BLOCK_SECONDS + 10)
+        slow = sentinel.master_for(service, db=db, socket_timeout=BLOCKING_SOCKET_TIMEOUT)
         via = ", ".join(f"{host}:{port}" for host, port in sentinels)
         label = f"sentinel service {service!r} via {via}"
         return Shard(
@@ -140,7 +157,9 @@ class ShardFactory:
                 nodes.append(ClusterNode(host[0], int(host[1])))
         kwargs = {k: v for k, v in self.connection_kwargs.items() if k != "retry"}
         quick = RedisCluster(startup_nodes=nodes, **kwargs)
-        slow = RedisCluster(startup_nodes=nodes, **{**kwargs, "socket_timeout": BLOCK_SECONDS + 10})
+        slow = RedisCluster(
+            startup_nodes=nodes, **{**kwargs, "socket_timeout": BLOCKING_SOCKET_TIMEOUT}
+        )
         label = "cluster via " + ", ".join(f"{n.host}:{n.port}" for n in nodes)
         return ClusterShard(
             label, "cluster", quick, slow, self.max_fetchers, self.prefix, self.key_ttl

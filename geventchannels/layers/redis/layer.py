@@ -31,7 +31,8 @@ class RedisChannelLayer(BaseChannelLayer):
     - ``prefix``: prepended to every key; ``flush()`` deletes only keys under it.
     - ``symmetric_encryption_keys``: list of secrets; messages are encrypted with the first
       and decrypted with any (Fernet), so keys can be rotated.
-    - ``connection_kwargs``: passed to redis-py's clients (password, ssl, timeouts...).
+    - ``connection_kwargs``: passed to redis-py's clients (password, ssl, timeouts...),
+      over bounded socket timeouts by default (hosts.SOCKET_DEFAULTS).
     - ``sentinels`` + ``service_name`` (a name or list of names, one shard each) and
       ``sentinel_kwargs``: Redis Sentinel without URLs.
     - ``cluster=True``: ``hosts`` are start-up nodes of one Redis Cluster.
