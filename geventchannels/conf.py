@@ -181,6 +181,24 @@ SETTINGS: tuple[Setting, ...] = (
         "consumers (repeated at most once per as many seconds); 0 turns it off.",
         CONSUMING,
     ),
+    Setting(
+        "CONSUMER_TIMEOUT",
+        "Consumer pool",
+        60.0,
+        seconds_or_off,
+        "Seconds a consumer may run; then it is stopped where it waits, logged with its stack, "
+        "and its message fails (see worker.md); 0 turns it off.",
+        CONSUMING,
+    ),
+    Setting(
+        "BLOCKED_LOOP_WARNING",
+        "Consumer pool",
+        1.0,
+        seconds_or_off,
+        "Seconds the event loop may be blocked (a consumer that never yields) before a "
+        "warning names the consumer and its stack; 0 turns it off.",
+        CONSUMING,
+    ),
     # HTTP
     Setting(
         "HTTP_TIMEOUT",

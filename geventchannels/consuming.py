@@ -7,6 +7,7 @@ buffered sends, the consumer signals, and what each way of ending means.
 | raises ConsumeLater                      | they are dropped, the message is put back    |
 | raises a ChannelSocketException          | they are sent, then the exception acts       |
 | raises DenyConnection (websocket.connect)| they are dropped, the handshake is refused   |
+| is stopped at CONSUMER_TIMEOUT           | they are dropped, it is logged (watchdog.py) |
 | cannot reach the layer (raises, or its   | they are dropped, counted (no traceback); a  |
 | sends find ChannelLayerUnavailable)      | handshake or routed HTTP request gets 503, a |
 |                                          | WebSocket close 1013                         |
@@ -40,6 +41,7 @@ from .exceptions import (
 from .message import Message
 from .signals import send_consumer_finished, send_consumer_started
 from .utils import name_that_thing
+from .watchdog import ConsumerDeadline
 
 if TYPE_CHECKING:
     from .layers.base import BaseChannelLayer
@@ -114,8 +116,12 @@ class ConsumerCalls:
         running = getcurrent()
         self.running[running] = (consumer, monotonic())
         try:
-            send_consumer_started(self.sender)
-            consumer(message, **kwargs)
+            try:
+                send_consumer_started(self.sender)
+                consumer(message, **kwargs)
+            finally:
+                # At once: CONSUMER_TIMEOUT stops only the consumer, never what follows.
+                self.running.pop(running, None)
         except ConsumeLater:
             later = True
             discard_buffered()
@@ -134,13 +140,15 @@ class ConsumerCalls:
             self._failed(consumer, channel, error)
             if channel in ANSWERED:
                 _close(message, INTERNAL_ERROR)
+        except ConsumerDeadline as stop:
+            discard_buffered()
+            stop.watch.stopped(stop, message, consumer)
         except BaseException:
             discard_buffered()
             raise
         else:
             self._flush(message, consumer)
         finally:
-            self.running.pop(running, None)
             try:
                 send_consumer_finished(self.sender)
             except Exception:

@@ -33,7 +33,7 @@ from gevent import getcurrent
 from gevent.event import Event
 from gevent.queue import SimpleQueue
 
-from . import conf
+from . import conf, watchdog
 from .consuming import RETRIES_KEY, ConsumerCalls
 from .delay import service as delays
 from .exceptions import ChannelFull
@@ -126,6 +126,7 @@ class Worker:
         #: Since when every consumer greenlet is busy (None: one is free).
         self._full_since: float | None = None
         self._full_check: gevent.Greenlet | None = None
+        self._watchdog: watchdog.PoolWatch | None = None
 
     @staticmethod
     def apply_channel_filters(
@@ -160,6 +161,7 @@ class Worker:
         self._accepting = True
         # Delayed messages are delivered wherever consumers run (docs/delay.md).
         self._delay = delays.start_for_pool(self.channel_layer, self.overrides)
+        self._watchdog = watchdog.start_for_pool(self._calls, self.overrides)
         logger.info("consumers on: %s (%d greenlets)", ", ".join(self.channels), self.concurrency)
         worker_ready.send(sender=self)
 
@@ -208,6 +210,7 @@ class Worker:
             self._queue.clear()
             self._queued.clear()
             self._queued_replies.clear()
+        watchdog.release(self._watchdog)
         self.channel_layer.forget_consumer_pool(self)
 
     def run(self) -> None:
