@@ -359,7 +359,12 @@ def test_attach_local_drains_messages_from_other_processes(redis_url, raw):
         # A send from this process skips Redis entirely.
         server_side.send("gc.ab12!sock0", {"local": True})
         assert got.get(timeout=1) == ("gc.ab12!sock0", {"local": True})
-        assert server_side.channel_statistics("gc.ab12!")["messages_count"] == 250
+        # The sender's counts reach Redis in its next statistics flush (every 0.5 s); this
+        # process's own would show at once, so a counted local send could never make 250.
+        wait_until(
+            lambda: server_side.channel_statistics("gc.ab12!")["messages_count"] == 250,
+            timeout=3,
+        )
 
         server_side.detach_local("gc.ab12!")
         elsewhere.send("gc.ab12!sock0", {"after": "detach"})
