@@ -34,6 +34,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.http.cookie import parse_cookie
 from gevent import getcurrent
 
+from . import logs
 from .channel import pending_sends
 from .exceptions import ChannelFull, ChannelSocketException, ConsumeLater, DenyConnection
 from .message import Message
@@ -155,13 +156,25 @@ def save_channel_session(session: SessionBase) -> None:
     session.modified = False
 
 
+#: Deletions that failed: a session store that is down fails every closing socket.
+_failed_deletes = logs.Tally(
+    "could not delete the channel sessions of %d more closed sockets (latest: %s, %s)", logger
+)
+
+
 def delete_channel_session(reply_channel: str) -> None:
-    """Remove a socket's channel session from its store and from this process's cache."""
+    """Remove a socket's channel session from its store and from this process's cache.
+    A failure is logged, the first with its traceback, later ones counted."""
     cache.drop(reply_channel)
     try:
         channel_session_engine().SessionStore().delete(session_key_for(reply_channel))
-    except Exception:
-        logger.exception("could not delete the channel session of %s", reply_channel)
+    except Exception as error:
+        first = _failed_deletes.reporter is None
+        if first:
+            logger.error(
+                "could not delete the channel session of %s", reply_channel, exc_info=error
+            )
+        _failed_deletes.add(reply_channel, repr(error)[:200], logged=first)
 
 
 def socket_closed(message: Message) -> None:
@@ -192,6 +205,15 @@ def channel_session(func: Consumer) -> Consumer:
     """``message.channel_session``: a Django session for the socket, kept across its
     messages. Saved after the consumer returns, when modified; nested decorators share
     one load and one save."""
+    return with_channel_session(func)
+
+
+def with_channel_session(
+    func: Consumer, prepare: Callable[[Message], None] | None = None
+) -> Consumer:
+    """``channel_session``, and ``prepare(message)`` once the session is on the message,
+    before ``func``, inside the same load and save: a decorator built on channel_session
+    adds no wrapper of its own (it runs on every frame)."""
 
     global _decorated
     _decorated = True
@@ -200,13 +222,21 @@ def channel_session(func: Consumer) -> Consumer:
     def inner(*args: Any, **kwargs: Any) -> Any:
         message = find_message(args)
         if "channel_session" in message.__dict__:
+            if prepare is not None:
+                prepare(message)
             return func(*args, **kwargs)
-        return _run_with_channel_session(message, func, args, kwargs)
+        return _run_with_channel_session(message, func, args, kwargs, prepare)
 
     return inner  # type: ignore[return-value]
 
 
-def _run_with_channel_session(message: Message, func: Callable, args: tuple, kwargs: dict) -> Any:
+def _run_with_channel_session(
+    message: Message,
+    func: Callable,
+    args: tuple,
+    kwargs: dict,
+    prepare: Callable[[Message], None] | None,
+) -> Any:
     reply = message.content.get("reply_channel")
     if not reply or type(reply) is not str:
         raise ValueError(
@@ -225,6 +255,8 @@ def _run_with_channel_session(message: Message, func: Callable, args: tuple, kwa
     message.channel_session = session  # type: ignore[attr-defined]
     succeeded = refused = False
     try:
+        if prepare is not None:
+            prepare(message)
         result = func(*args, **kwargs)
         succeeded = True
         return result

@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 
 import pytest
+from django.test import override_settings
 from gevent.event import Event
 
 from geventchannels import Channel, logs
 from geventchannels.routing import route
+from geventchannels.sessions import channel_session
 
+from .conftest import free_port
 from .test_worker import Pool, wait_for
 
 pytestmark = pytest.mark.timeout(30)
@@ -132,3 +135,48 @@ def test_a_pool_with_a_free_greenlet_does_not_warn(caplog):
         assert pool.worker._full_check is None
         release.set()
     assert not [r for r in pool_records(caplog) if "has been busy" in r.getMessage()]
+
+
+@channel_session
+def _keeps_a_session(message):
+    """Decorated, so this process deletes the channel session of every socket that closes."""
+
+
+def test_a_session_store_that_is_down_fails_each_closing_socket_with_one_traceback(
+    caplog, monkeypatch
+):
+    """Every disconnect deletes the socket's channel session: with the store down (a cache
+    session engine on a Redis nobody listens on) 20 closing sockets give one traceback,
+    then counts."""
+    monkeypatch.setattr(logs, "TALLY_INTERVAL", 0.3)
+    caplog.set_level(logging.INFO, logger="geventchannels.sessions")
+    gone = f"redis://127.0.0.1:{free_port()}/0"
+    cache = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": gone}
+    closed = []
+    routes = [route("websocket.disconnect", lambda message: closed.append(1))]
+    with override_settings(
+        CHANNEL_SESSION_ENGINE="django.contrib.sessions.backends.cache",
+        CACHES={"default": cache},
+    ):
+        with Pool(routes, concurrency=4) as pool:
+            for n in range(20):
+                pool.layer.send(
+                    "websocket.disconnect", {"reply_channel": f"gc.t!ws{n}", "code": 1000}
+                )
+            wait_for(lambda: len(closed) == 20)
+            wait_for(lambda: _deletes_counted(caplog) == 20)
+    records = _delete_records(caplog)
+    assert "could not delete the channel session of gc.t!ws" in records[0].getMessage()
+    assert records[0].exc_info is not None
+    assert len(records) <= 3 and all(r.exc_info is None for r in records[1:])
+    assert "more closed sockets" in records[-1].getMessage()
+
+
+def _delete_records(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if "delete the channel session" in r.getMessage()]
+
+
+def _deletes_counted(caplog) -> int:
+    """The first record counts one, each summary its number."""
+    records = _delete_records(caplog)
+    return len(records[:1]) + sum(int(r.getMessage().split()[7]) for r in records[1:])

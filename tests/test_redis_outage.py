@@ -31,6 +31,7 @@ from geventchannels.routing import route
 from tests.conftest import RedisServer
 from tests.livesrv import live_server
 
+from .dbfile import file_database
 from .test_worker import Pool
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(30)]
@@ -97,6 +98,14 @@ class Outage:
 
     def layer(self) -> RedisChannelLayer:
         return RedisChannelLayer(hosts=[self.url])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def migrated_database() -> None:
+    """The project's tables exist, as in any deployment: a process that decorated a
+    consumer with channel_session (another test module may have) deletes the channel
+    session of every socket that closes, and that must not be what these tests log."""
+    file_database()
 
 
 @pytest.fixture
