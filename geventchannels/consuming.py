@@ -139,7 +139,7 @@ class ConsumerCalls:
             discard_buffered()
             self._failed(consumer, channel, error)
             if channel in ANSWERED:
-                _close(message, INTERNAL_ERROR)
+                close_client(message, INTERNAL_ERROR)
         except ConsumerDeadline as stop:
             discard_buffered()
             stop.watch.stopped(stop, message, consumer)
@@ -191,7 +191,7 @@ class ConsumerCalls:
         channel = message.channel_name
         self._unreachable.add(self.name(consumer), channel, error)
         if channel in ANSWERED or channel == "websocket.receive":
-            _close(message, TRY_AGAIN_LATER)
+            close_client(message, TRY_AGAIN_LATER)
 
     @staticmethod
     def _socket_closed(message: Message) -> None:
@@ -292,7 +292,7 @@ class ConsumerCalls:
             return name
 
 
-def _close(message: Message, code: int) -> None:
+def close_client(message: Message, code: int) -> None:
     """Close (or refuse) the message's WebSocket, or answer its routed HTTP request, with
     ``code``; if its reply channel is behind the unreachable layer too, its server's own
     timeouts answer it."""

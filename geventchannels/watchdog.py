@@ -41,13 +41,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("geventchannels.worker")
 
-#: What a stopped ``http.request`` consumer's client gets.
-TIMED_OUT_RESPONSE = {
-    "status": 503,
-    "headers": [(b"Content-Type", b"text/plain; charset=utf-8")],
-    "content": b"The server stopped the consumer of this request (CONSUMER_TIMEOUT).\n",
-}
-
 
 class ConsumerDeadline(BaseException):
     """Thrown into a consumer that ran past ``CONSUMER_TIMEOUT``. A BaseException, so
@@ -174,21 +167,16 @@ def _close_database_connections() -> None:
 
 def _answer(message: Message) -> None:
     """Answer the client of a stopped ``websocket.connect`` or ``http.request`` consumer
-    at once: a server fault, as when the consumer raises (1011 refuses a handshake with
-    500, closes an accepted socket with 1011), and 503 for HTTP."""
-    reply = message.reply_channel
-    if reply is None:
-        return
-    if message.channel_name == "websocket.connect":
-        content: dict = {"close": 1011}
-    elif message.channel_name == "http.request":
-        content = dict(TIMED_OUT_RESPONSE)
-    else:
-        return
-    try:
-        reply.send(content, immediately=True)
-    except Exception:
-        logger.exception("could not answer %s after stopping its consumer", reply.name)
+    at once, as when a consumer fails: a server fault (1011: a handshake refused with
+    500, an accepted socket closed), and for HTTP, try again later (1013: 503, or a
+    started response cut)."""
+    from .consuming import INTERNAL_ERROR, TRY_AGAIN_LATER, close_client
+
+    code = {"websocket.connect": INTERNAL_ERROR, "http.request": TRY_AGAIN_LATER}.get(
+        message.channel_name
+    )
+    if code is not None:
+        close_client(message, code)
 
 
 class LoopMonitor:

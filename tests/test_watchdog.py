@@ -156,7 +156,7 @@ def test_a_stopped_http_request_consumer_gets_503_at_once():
         took = time.monotonic() - started
         conn.close()
     assert response.status == 503
-    assert b"CONSUMER_TIMEOUT" in body
+    assert b"try again later" in body  # the same answer as any consumer that could not finish
     assert took < 2.0
 
 
