@@ -37,6 +37,7 @@ from .sessions import (
     channel_session,
     find_message,
     http_session,
+    with_channel_session,
 )
 
 logger = logging.getLogger(__name__)
@@ -87,7 +88,10 @@ def user_of_channel_session(session: SessionBase) -> Any:
     """The user logged in the channel session, or an AnonymousUser. Checked like a
     browser's request (the auth hash); a failed check logs the socket out: the login keys
     leave the channel session, the rest of it stays."""
-    data = _data(session)
+    return _user_of(session, _data(session))
+
+
+def _user_of(session: SessionBase, data: dict) -> Any:
     user_id = data.get(SESSION_KEY)
     if user_id is None:
         return _anonymous()
@@ -170,22 +174,21 @@ def _user_changed(sender: Any, instance: Any, **kwargs: Any) -> None:
 def channel_session_user(func: Consumer) -> Consumer:
     """``message.user`` from the login kept in the channel session (and
     ``message.channel_session``)."""
+    return with_channel_session(func, _set_user)
 
-    @channel_session
-    @functools.wraps(func)
-    def inner(*args: Any, **kwargs: Any) -> Any:
-        message = find_message(args)
-        session = message.channel_session  # type: ignore[attr-defined]
-        message.user = user_of_channel_session(session)  # type: ignore[attr-defined]
-        membership = _data(session).get(LOGOUT_GROUP_KEY)
-        if membership:
-            if message.channel_name == "websocket.disconnect":
-                _leave_group(message, membership[0])
-            elif membership[1] < time.time():
-                _join_group(message, session, membership[0])
-        return func(*args, **kwargs)
 
-    return inner  # type: ignore[return-value]
+def _set_user(message: Any) -> None:
+    """``channel_session_user``'s part of every frame, inside channel_session's load and
+    save: the cached user costs a few reads of the session's dict."""
+    session = message.channel_session
+    data = _data(session)
+    message.user = _user_of(session, data)
+    membership = data.get(LOGOUT_GROUP_KEY)
+    if membership:
+        if message.channel_name == "websocket.disconnect":
+            _leave_group(message, membership[0])
+        elif membership[1] < time.time():
+            _join_group(message, session, membership[0])
 
 
 def http_session_user(func: Consumer) -> Consumer:
