@@ -277,6 +277,23 @@ def test_statistics_are_kept_in_redis(redis_url):
     two.close()
 
 
+def test_statistics_include_counts_a_background_flush_is_still_writing(redis_url):
+    """The background flush takes the counts, then writes them; a reader in the meantime
+    waits for that write instead of reading Redis before it lands."""
+    layer = RedisChannelLayer(hosts=[redis_url])
+    (shard,) = layer.shards
+    control = redis.Redis.from_url(redis_url)
+    layer.send("stat", {})
+    control.execute_command("CLIENT", "PAUSE", 1500, "WRITE")  # Redis holds the flush's write
+    try:
+        wait_until(lambda: not shard.tally, message="the background flush to take the counts")
+        assert layer.channel_statistics("stat")["messages_count"] == 1
+        assert layer.global_statistics()["messages_count"] == 1
+    finally:
+        control.execute_command("CLIENT", "UNPAUSE")
+        layer.close()
+
+
 # -- outages ------------------------------------------------------------------------
 
 

@@ -308,11 +308,10 @@ class RedisChannelLayer(BaseChannelLayer):
     def _flush_statistics(self) -> None:
         """What this process counted goes to Redis before it reads statistics."""
         for shard in self.shards:
-            if shard.tally:
-                try:
-                    shard.flush_statistics()
-                except UNREACHABLE as error:
-                    raise shard.unavailable(error) from None
+            try:
+                shard.flush_statistics()
+            except UNREACHABLE as error:
+                raise shard.unavailable(error) from None
 
     def channel_statistics(self, channel: str) -> dict[str, float]:
         """Counters kept in Redis (every process's), plus the messages this process's

@@ -87,6 +87,8 @@ class Shard:
         self.slow: Connections | None = None
         self.tally = Tally()
         self._flusher: gevent.Greenlet | None = None
+        #: Held from taking the counts until they are written.
+        self._flushing = BoundedSemaphore()
 
     # -- keys ----------------------------------------------------------------
 
@@ -143,13 +145,15 @@ class Shard:
 
     def flush_statistics(self) -> None:
         """Add what this process counted to the statistics hashes in Redis. On failure
-        the counts stay for the next flush."""
-        counts = self.tally.take()
-        try:
-            self._write_counts(counts)
-        except UNREACHABLE:
-            self.tally.put_back(counts)
-            raise
+        the counts stay for the next flush. A flush already writing is waited for, so a
+        reader that flushes first sees every count taken before it."""
+        with self._flushing:
+            counts = self.tally.take()
+            try:
+                self._write_counts(counts)
+            except UNREACHABLE:
+                self.tally.put_back(counts)
+                raise
 
     def _write_counts(self, counts: Counts) -> None:
         """One script call per second counted: every list's hash, then the layer's."""
