@@ -8,8 +8,12 @@ DJANGO_OLD := django>=4.2,<5
 VENV_OLD   := .venv-django42
 PY_OLD     := $(VENV_OLD)/bin/python
 PYTEST_ARGS ?=
-# Tests run with gevent's monkey patching applied before pytest imports anything.
-PYTEST := -m gevent.monkey --module pytest
+# Tests run with gevent's monkey patching applied before pytest imports anything, in
+# parallel (pytest-xdist; a file's tests all in one worker, patched the same way, see
+# tests/xdist_worker.py). Half of the suite's time is waiting on sockets, subprocesses and
+# timers, so one worker more than the cores; PYTEST_WORKERS=0 runs it all in one process.
+PYTEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
+PYTEST := -m gevent.monkey --module pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 # Debian packages the tests run, as command:package: redis-server (Redis layer tests),
 # chromium (the demo's browser test), node and npm (the benchmark smoke's load generator),

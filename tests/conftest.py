@@ -1,5 +1,5 @@
 """Shared fixtures: Django settings, a real redis-server on a free port, free ports, a
-headless Chromium for the browser tests.
+headless Chromium for the browser tests, and the interpreter of pytest-xdist workers.
 
 The suite runs under ``python -m gevent.monkey --module pytest`` (see the Makefile), so
 everything here is already gevent-patched.
@@ -8,12 +8,15 @@ everything here is already gevent-patched.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +25,20 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.project.settings")
 import django  # noqa: E402
 
 django.setup()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``-n``), each local worker runs tests/xdist_worker.py, which
+    monkey-patches it before anything is imported, as the main run is."""
+    specs = getattr(config.option, "tx", None)
+    if specs:
+        python = shlex.join(
+            [sys.executable, "-u", str(Path(__file__).with_name("xdist_worker.py"))]
+        )
+        config.option.tx = [
+            spec + "//python=" + python if spec.rpartition("*")[2] == "popen" else spec
+            for spec in specs
+        ]
 
 
 def free_port() -> int:
