@@ -12,8 +12,10 @@ PYTEST_ARGS ?=
 # parallel (pytest-xdist; a file's tests all in one worker, patched the same way, see
 # tests/xdist_worker.py). Half of the suite's time is waiting on sockets, subprocesses and
 # timers, so one worker more than the cores; PYTEST_WORKERS=0 runs it all in one process.
+# Files go out in their order, not those with most tests first: that would leave the few
+# long multi-process files for the end, run one after the other.
 PYTEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
-PYTEST := -m gevent.monkey --module pytest -n $(PYTEST_WORKERS) --dist loadfile
+PYTEST := -m gevent.monkey --module pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # Debian packages the tests run, as command:package: redis-server (Redis layer tests),
 # chromium (the demo's browser test), node and npm (the benchmark smoke's load generator),
