@@ -9,3 +9,6 @@ CHANNEL_LAYERS = {
         "ROUTING": "tests.jsclient.routing.channel_routing",
     }
 }
+# A stop (the restart test) waits for idle keep-alive connections, which Chromium keeps
+# open after loading the page, until this timeout: 1 s instead of 5.
+GEVENTCHANNELS = {"HTTP_KEEPALIVE_TIMEOUT": 1}
