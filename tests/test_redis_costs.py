@@ -15,9 +15,22 @@ from geventchannels.layers import RedisChannelLayer
 from geventchannels.routing import route
 from geventchannels.worker import Worker
 
+from .conftest import RedisServer
 from .test_redis_layer import kill_receivers_on_hand_over
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(30)]
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    """A redis-server of this module's own: its counters must count these tests' clients
+    only, not the background work (statistics flushes, lease rounds) of layers that other
+    test files of the same worker process may still run on the session's server."""
+    server = RedisServer()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
