@@ -23,6 +23,7 @@ from geventchannels import Channel
 from geventchannels.exceptions import ConsumeLater
 from geventchannels.layers import InMemoryChannelLayer, RedisChannelLayer
 from geventchannels.routing import route
+from tests.conftest import RedisServer
 from tests.livesrv import live_server
 
 pytestmark = pytest.mark.timeout(60)
@@ -41,6 +42,18 @@ def close_code(ws: websocket.WebSocket) -> int:
         frame = ws.recv_frame()
         if frame.opcode == websocket.ABNF.OPCODE_CLOSE:
             return struct.unpack("!H", frame.data[:2])[0]
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    """A redis-server of this module's own: the command counts read from it must be this
+    module's, not those of layers that other test files of the same worker process may
+    still run (lease rounds, statistics flushes) on the session's server."""
+    server = RedisServer()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def wait_until(predicate, timeout: float = 5.0, what: str = "condition") -> None:
