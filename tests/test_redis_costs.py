@@ -67,12 +67,14 @@ def wait_until(condition, timeout: float = 5.0) -> None:
         gevent.sleep(0.01)
 
 
-#: Keeps Redis busy for about 0.2 s, so that a send in flight meanwhile waits for its reply.
+#: Keeps Redis busy for about 1 s, so that a send in flight meanwhile waits for its reply
+#: (long enough for 200 greenlets to queue their sends on a loaded machine: under xdist,
+#: 0.2 s was sometimes not).
 BUSY = """
 local start = redis.call('TIME')
 repeat
   local now = redis.call('TIME')
-until (now[1] - start[1]) * 1000000 + (now[2] - start[2]) > 200000
+until (now[1] - start[1]) * 1000000 + (now[2] - start[2]) > 1000000
 return 1
 """
 
@@ -81,7 +83,7 @@ def test_sends_of_many_greenlets_share_round_trips(layer, client, redis_server):
     layer.send("cost.warm", {})  # connection made, script loaded
     before = reads(client)
     busy = gevent.spawn(redis.Redis(port=redis_server.port).eval, BUSY, 0)
-    gevent.sleep(0.05)
+    gevent.sleep(0.2)  # the script is running
     senders = [gevent.spawn(layer.send, "cost.many", {"n": n}) for n in range(200)]
     gevent.joinall([busy, *senders], timeout=10, raise_error=True)
     # The first send waits for Redis; the 199 others queue behind it and go as one
