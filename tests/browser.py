@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import struct
 
 import httpx
 import websocket
@@ -79,12 +78,3 @@ def ask(ws: websocket.WebSocket) -> dict:
     """One frame to /whoami/ and its answer."""
     ws.send("who?")
     return json.loads(ws.recv())
-
-
-def close_code(ws: websocket.WebSocket, timeout: float = 15) -> int:
-    """Read until the server's close frame; its code."""
-    ws.settimeout(timeout)
-    while True:
-        opcode, data = ws.recv_data(control_frame=True)
-        if opcode == websocket.ABNF.OPCODE_CLOSE:
-            return struct.unpack("!H", data[:2])[0] if len(data) >= 2 else 1005

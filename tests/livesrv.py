@@ -13,10 +13,12 @@ gevent-patched (the suite runs under ``python -m gevent.monkey``).
 
 from __future__ import annotations
 
+import struct
 import time
 from contextlib import AbstractContextManager
 from typing import Any
 
+import websocket
 from gevent.event import Event
 
 from geventchannels.test.live import LiveServer
@@ -78,3 +80,12 @@ class Recorder:
             self._arrived.clear()
             self._arrived.wait(remaining)
         return self.messages
+
+
+def close_code(ws: websocket.WebSocket, timeout: float = 15) -> int:
+    """Read until the server's close frame; its code."""
+    ws.settimeout(timeout)
+    while True:
+        opcode, data = ws.recv_data(control_frame=True)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            return struct.unpack("!H", data[:2])[0] if len(data) >= 2 else 1005

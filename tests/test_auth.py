@@ -25,9 +25,9 @@ from geventchannels.message import Message
 from geventchannels.sessions import channel_and_http_session
 from tests.project import auth_routing, auth_settings
 
-from .browser import Browser, ask, close_code, new_user
+from .browser import Browser, ask, new_user
 from .dbfile import file_database
-from .livesrv import live_server
+from .livesrv import close_code, live_server
 
 SITE_SETTINGS = {
     name: getattr(auth_settings, name)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import struct
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -23,7 +21,8 @@ from geventchannels.generic.websockets import (
     WebsocketMultiplexer,
 )
 from geventchannels.message import Message
-from tests.livesrv import Recorder, live_server
+from tests.layers.conftest import wait_until
+from tests.livesrv import Recorder, close_code, live_server
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -126,21 +125,6 @@ def fresh_recorder():
 
 def connect(server, path: str) -> websocket.WebSocket:
     return websocket.create_connection(server.ws_url + path, timeout=5)
-
-
-def close_code(ws: websocket.WebSocket) -> int:
-    while True:
-        frame = ws.recv_frame()
-        if frame.opcode == websocket.ABNF.OPCODE_CLOSE:
-            return struct.unpack("!H", frame.data[:2])[0]
-
-
-def wait_until(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 def test_channel_names_come_from_the_method_mapping():

@@ -10,7 +10,6 @@ still get consumers while sockets flood the pool.
 from __future__ import annotations
 
 import json
-import struct
 import time
 
 import gevent
@@ -24,7 +23,8 @@ from geventchannels.exceptions import ConsumeLater
 from geventchannels.layers import InMemoryChannelLayer, RedisChannelLayer
 from geventchannels.routing import route
 from tests.conftest import RedisServer
-from tests.livesrv import live_server
+from tests.layers.conftest import wait_until
+from tests.livesrv import close_code, live_server
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -37,13 +37,6 @@ def connect(server, path: str = "/", timeout: float = 5) -> websocket.WebSocket:
     return websocket.create_connection(server.ws_url + path, timeout=timeout)
 
 
-def close_code(ws: websocket.WebSocket) -> int:
-    while True:
-        frame = ws.recv_frame()
-        if frame.opcode == websocket.ABNF.OPCODE_CLOSE:
-            return struct.unpack("!H", frame.data[:2])[0]
-
-
 @pytest.fixture(scope="module")
 def redis_server():
     """A redis-server of this module's own: the command counts read from it must be this
@@ -54,13 +47,6 @@ def redis_server():
         yield server
     finally:
         server.stop()
-
-
-def wait_until(predicate, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
-        gevent.sleep(0.01)
 
 
 def command_calls(client: redis.Redis) -> dict[str, int]:

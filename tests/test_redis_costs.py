@@ -4,8 +4,6 @@ send, and the consumer pool takes a batch of messages per pop."""
 
 from __future__ import annotations
 
-import time
-
 import gevent
 import pytest
 import redis
@@ -16,6 +14,7 @@ from geventchannels.routing import route
 from geventchannels.worker import Worker
 
 from .conftest import RedisServer
+from .layers.conftest import wait_until
 from .test_redis_layer import kill_receivers_on_hand_over
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(30)]
@@ -58,13 +57,6 @@ def calls(client: redis.Redis) -> dict[str, int]:
 def reads(client: redis.Redis) -> int:
     """Reads Redis has done on its client connections so far."""
     return int(client.info("stats")["total_reads_processed"])
-
-
-def wait_until(condition, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        gevent.sleep(0.01)
 
 
 #: Keeps Redis busy for about 1 s, so that a send in flight meanwhile waits for its reply

@@ -21,6 +21,7 @@ from geventchannels.exceptions import ChannelFull, ChannelLayerUnavailable
 from geventchannels.layers import RedisChannelLayer
 from geventchannels.layers.redis import tally
 from tests.conftest import RedisServer, free_port, wait_for_port
+from tests.layers.conftest import wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(30)]
 
@@ -45,14 +46,6 @@ def raw(redis_server) -> redis.Redis:
     client = redis.Redis(port=redis_server.port)
     yield client
     client.close()
-
-
-def wait_until(condition, timeout: float = 5.0, message: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for " + message)
-        gevent.sleep(0.01)
 
 
 def test_the_redis_layer_crosses_processes(layer):
@@ -263,7 +256,7 @@ def test_statistics_are_kept_in_redis(redis_url):
     started = time.monotonic()
     wait_until(
         lambda: two.channel_statistics("stat")["messages_count"] == 2,
-        message="the other layer's counts",
+        what="counts of the other layer",
     )
     assert time.monotonic() - started < tally.FLUSH_SECONDS + 1
     stats = two.channel_statistics("stat")
@@ -286,7 +279,7 @@ def test_statistics_include_counts_a_background_flush_is_still_writing(redis_url
     layer.send("stat", {})
     control.execute_command("CLIENT", "PAUSE", 1500, "WRITE")  # Redis holds the flush's write
     try:
-        wait_until(lambda: not shard.tally, message="the background flush to take the counts")
+        wait_until(lambda: not shard.tally, what="background flush taking the counts")
         assert layer.channel_statistics("stat")["messages_count"] == 1
         assert layer.global_statistics()["messages_count"] == 1
     finally:
@@ -450,7 +443,7 @@ def test_blocking_receivers_share_out_a_fan_out_entry(layer):
     for n in range(5):
         layer.group_add("five", f"proc!m{n}")
     receivers = [gevent.spawn(layer.receive, ["proc!"], block=True, timeout=5) for _ in range(3)]
-    wait_until(lambda: layer._fetchers, message="the receivers to wait")
+    wait_until(lambda: layer._fetchers, what="waiting receivers")
     layer.send_group("five", {"hello": 5})
     layer.send("proc!late", {"after": True})
     first = [receiver.get(timeout=5) for receiver in receivers]
@@ -520,7 +513,7 @@ def test_killed_receiver_puts_its_message_back(layer, monkeypatch):
     receivers = []
     kill_receivers_on_hand_over(monkeypatch, receivers)
     receivers.append(gevent.spawn(layer.receive, ["kill"], block=True))
-    wait_until(lambda: layer._fetchers, message="the receiver to wait")
+    wait_until(lambda: layer._fetchers, what="waiting receiver")
     layer.send("kill", {"n": 1})
     receivers[0].join(5)
     assert receivers[0].dead and isinstance(receivers[0].value, gevent.GreenletExit)
@@ -638,7 +631,7 @@ def test_cluster():
                 for p in ports
             ),
             timeout=15,
-            message="the cluster to form",
+            what="cluster formed",
         )
         layer = RedisChannelLayer(hosts=[f"redis://127.0.0.1:{ports[0]}/0"], cluster=True)
         _exercise(layer)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import struct
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +28,8 @@ from geventchannels.layers import RedisChannelLayer
 from geventchannels.layers.redis.connections import SOCKET_TIMEOUT
 from geventchannels.routing import route
 from tests.conftest import RedisServer
-from tests.livesrv import live_server
+from tests.layers.conftest import wait_until
+from tests.livesrv import close_code, live_server
 
 from .dbfile import file_database
 from .test_worker import Pool
@@ -66,20 +66,6 @@ def assert_503_at_once(server, count: int) -> None:
 
 def connect(server, path: str = "/") -> websocket.WebSocket:
     return websocket.create_connection(server.ws_url + path, timeout=5)
-
-
-def close_code(ws: websocket.WebSocket) -> int:
-    while True:
-        frame = ws.recv_frame()
-        if frame.opcode == websocket.ABNF.OPCODE_CLOSE:
-            return struct.unpack("!H", frame.data[:2])[0]
-
-
-def wait_until(predicate, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
-        gevent.sleep(0.02)
 
 
 class Outage:

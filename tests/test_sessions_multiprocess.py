@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from .browser import Browser, ask, close_code, new_user
+from .browser import Browser, ask, new_user
 from .conftest import free_port
 from .dbfile import file_database
+from .livesrv import close_code
 from .runmodes.process import BIN, PYTHON, ServerProcess
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]

@@ -17,12 +17,18 @@ from geventchannels.layers.base import BaseChannelLayer
 LayerFactory = Callable[..., BaseChannelLayer]
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> None:
-    """Return as soon as ``predicate()`` is true; fail after ``timeout`` seconds."""
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = 5.0,
+    interval: float = 0.01,
+    what: str = "condition",
+) -> None:
+    """Return as soon as ``predicate()`` is true; fail after ``timeout`` seconds, saying
+    ``what`` was waited for."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout:.1f} s")
+            raise AssertionError(f"no {what} within {timeout:.1f} s")
         gevent.sleep(interval)
 
 
